@@ -1,0 +1,124 @@
+"""Cross-engine: the same cohort definitions give identical cohort tables and attrition on DuckDB, SQLite and
+a real PostgreSQL server.
+
+The synthetic CDM is generated in DuckDB and copied table by table into SQLite and Postgres through ibis.
+PostgreSQL comes from `HB_POSTGRES_URL` (set by `tests/postgres.sh start`, which `.ci/run` runs); without it the
+Postgres case is skipped, unless `HB_REQUIRE_POSTGRES=1` (set in CI), where a missing server is a failure.
+"""
+import os, uuid
+
+import duckdb
+import ibis
+import pandas as pd
+import pytest
+
+from healthbench.cdm import connect
+from healthbench.cohort import Cohort, generate, at_least, at_most, exactly, all_of, any_of
+from healthbench.concepts import concept_set
+from healthbench.schema import CDM_TABLES, create_table_sql
+from healthbench.synth import generate as generate_cdm
+from healthbench import vocabulary as V
+
+T2 = concept_set("t2dm", V.CONDITION["type2_diabetes"])
+CVD = concept_set("cvd", V.CONDITION["myocardial_infarction"], V.CONDITION["stroke"])
+STATIN = concept_set("statins", V.DRUG_CLASS["statins"])
+SBP = concept_set("sbp", V.MEASUREMENT["systolic_bp"])
+HT = concept_set("hypertension", V.CONDITION["hypertension"])
+VISIT = concept_set("outpatient", V.VISIT["outpatient"], descendants=False)
+SMOKER = concept_set("smoker", V.SMOKING["current"], descendants=False)
+
+DEFINITIONS = {
+    "incident t2dm": (Cohort.builder("incident t2dm").entry(T2, "condition", prior_days=365).age(40, 80)
+                      .require("no prior CVD", at_most(0, CVD, "condition", window=(None, -1)))
+                      .require("BP in year before", at_least(1, SBP, "measurement", window=(-365, 0)))
+                      .exit_at_event(CVD, "condition").build()),
+    "statin users": (Cohort.builder("statin users").entry(STATIN, "drug", occurrence="all", limit="earliest", prior_days=180, post_days=30)
+                     .sex("male").imd_quintile(1, 2)
+                     .require("high BP or hypertension", any_of(at_least(1, SBP, "measurement", window=(-365, 0), value=(140, None)),
+                                                                all_of(at_least(1, HT, "condition", window=(None, 0)), exactly(0, CVD, "condition"))))
+                     .exit_after(365).build()),
+    "high bp readings": (Cohort.builder("high bp").entry(SBP, "measurement", occurrence="all", value=(160, 300))
+                         .ethnicity("White", "Asian or Asian British")
+                         .require("two visits in 90 days", at_least(2, VISIT, "visit", window=(-90, 90)))
+                         .require("smoker ever", at_least(1, SMOKER, "observation"))
+                         .exit_at_death().build()),
+    "hypertension to obs end": (Cohort.builder("ht").entry(HT, "condition").age(None, 60)
+                                .exit_at_observation_end().build()),
+}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cdm") / "cdm.duckdb"
+    generate_cdm(2_000, seed=21, path=path, progress=False)
+    with duckdb.connect(str(path), read_only=True) as con:
+        tables = {t: con.execute(f"select * from {t}").fetch_arrow_table() for t in CDM_TABLES}
+    return path, tables
+
+
+def results(cdm):
+    out = {}
+    for name, cohort in DEFINITIONS.items():
+        r = generate(cdm, cohort)
+        people = r.to_pandas().sort_values(["person_id", "cohort_start_date"]).reset_index(drop=True)
+        out[name] = (people, pd.DataFrame(r.attrition))
+    return out
+
+
+@pytest.fixture(scope="module")
+def duckdb_results(source):
+    with connect(source[0]) as cdm:
+        res = results(cdm)
+    assert all(len(p) > 0 for p, _ in res.values()), "every definition should select someone on the synthetic data"
+    return res
+
+
+def assert_same(got, want):
+    for name in DEFINITIONS:
+        pd.testing.assert_frame_equal(got[name][1], want[name][1], check_dtype=False, obj=f"{name}: attrition")
+        g, w = got[name][0], want[name][0]
+        assert list(g.person_id) == list(w.person_id), name
+        for c in ("cohort_start_date", "cohort_end_date"):
+            assert list(pd.to_datetime(g[c]).dt.date) == list(pd.to_datetime(w[c]).dt.date), f"{name}: {c}"
+
+
+def load_sqlite(path, tables):
+    "Write the tables with the OMOP DDL through sqlite3 (dates as ISO text, as SQLite stores them)."
+    import datetime as dt, sqlite3
+    con = sqlite3.connect(path)
+    for name, table in tables.items():
+        con.execute(create_table_sql(name))
+        rows = [tuple(v.isoformat(sep=" ") if isinstance(v, dt.datetime) else v.isoformat() if isinstance(v, dt.date) else v
+                      for v in row.values()) for row in table.to_pylist()]
+        con.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * table.num_columns)})", rows)
+    con.commit(); con.close()
+
+
+def test_sqlite_matches_duckdb(source, duckdb_results, tmp_path):
+    load_sqlite(tmp_path / "cdm.sqlite", source[1])
+    backend = ibis.sqlite.connect(str(tmp_path / "cdm.sqlite"))
+    cdm = connect(backend)
+    assert_same(results(cdm), duckdb_results)
+    backend.disconnect()
+
+
+def test_postgres_matches_duckdb(source, duckdb_results):
+    url = os.environ.get("HB_POSTGRES_URL")
+    if not url:
+        if os.environ.get("HB_REQUIRE_POSTGRES") == "1":
+            pytest.fail("HB_REQUIRE_POSTGRES=1 but HB_POSTGRES_URL is not set: PostgreSQL did not start")
+        pytest.skip("no PostgreSQL: run `source tests/postgres.sh start` first")
+    backend = ibis.connect(url)
+    schema = f"cdm_{uuid.uuid4().hex[:8]}"
+    backend.create_database(schema)
+    try:
+        for name, table in source[1].items():
+            backend.create_table(name, table, database=schema)
+        backend.raw_sql(f"ANALYZE")                     # planner statistics, as any maintained database has
+        backend.raw_sql("SET statement_timeout = '120s'")
+        cdm = connect(backend, schema=schema)
+        assert_same(results(cdm), duckdb_results)
+        assert "postgres" in cdm.fingerprint()["engine"]
+    finally:
+        backend.raw_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        backend.disconnect()
