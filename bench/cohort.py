@@ -218,7 +218,9 @@ def child_measure(n: int, path: str, repeats: int, pandas_budget: float, pandas_
         t0 = time.perf_counter(); sql_df, sql_att = hand_sql(con); sql.append(time.perf_counter() - t0)
         log(f"    {n:>9,}  run {r + 1}/{repeats}: engine {eng[-1]:.3f} s, hand SQL {sql[-1]:.3f} s")
         if r == 0:   # the comparison is only honest if both give the same answer
-            eng_att = pd.DataFrame(result.attrition)[["step", "persons", "records", "persons_lost", "records_lost"]]
+            # the engine's step names are short ids; its `description` column carries the words the hand SQL uses
+            eng_att = pd.DataFrame(result.attrition)[["description", "persons", "records", "persons_lost", "records_lost"]]
+            eng_att = eng_att.rename(columns={"description": "step"})
             diff = _cohort_diff(eng_df, sql_df)
             assert not diff, f"hand SQL cohort differs from the engine's: {diff}"
             assert eng_att.reset_index(drop=True).equals(sql_att), \
