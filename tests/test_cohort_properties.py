@@ -400,14 +400,23 @@ SET_CONCEPTS = {
     "observation": [4275495, 4144272, 4310250, 4298794, V.IMD_CONCEPT],
     "visit": [9202, 9201, 9203],
 }
+#: domain -> (concept, child of it that has children of its own): exclusions where descendants matter
+NESTED = {"condition": (201820, 201826), "drug": (21601853, 21601855)}
 SET_CODES = {"condition": ("SNOMED", ["44054006", "22298006", "230690007"]), "drug": ("RxNorm", ["83367", "6809"]),
              "measurement": ("LOINC", ["8480-6"]), "observation": ("SNOMED", ["8517006", "365981007"]),
              "visit": ("Visit", ["OP", "IP"])}
 DOMAIN_NAMES = list(EVENT_CONCEPTS)
+DOMAIN_TABLE = {"condition": "condition_occurrence", "drug": "drug_exposure", "visit": "visit_occurrence",
+                "measurement": "measurement", "observation": "observation"}
 VALUE_DOMAINS = ("measurement", "observation")
 VALUES = [1.0, 2.0, 2.5, 3.0, 4.0, 5.0]
 LO, HI = -20, 100          # observation periods lie within BASE + [LO, HI] days
 N_EVENTS = st.sampled_from([0, 1, 2, 2, 3, 3, 4])   # events per person and table
+
+
+def chance(draw, k: int, n: int) -> bool:
+    "True with probability k/n. (st.integers draws 0 far more often than uniform; sampled_from is uniform.)"
+    return draw(st.sampled_from(range(n))) >= n - k      # shrinks towards False
 
 
 def day(n: int) -> dt.date:
@@ -419,16 +428,18 @@ PERIOD_GAP = st.one_of(st.sampled_from([1, 2, 10]), st.integers(1, 40))
 
 
 @st.composite
-def cdms(draw, preferred: dict | None = None) -> dict:
+def cdms(draw, preferred: dict | None = None, anchor: tuple | None = None) -> dict:
     """A small random CDM in the compact layout. `preferred` maps a domain to concept ids that events should often
-    carry (the concept sets of the definition under test), so that definitions find events."""
+    carry (the concept sets of the definition under test), so that definitions find events; `anchor` = (domain,
+    concept ids): most persons get one such event inside an observation period (a likely index date), and IMD
+    and death rows are often dated on it or on another event day."""
     preferred = preferred or {}
     data = {k: [] for k in ("person", "observation_period", "condition_occurrence", "drug_exposure",
                             "visit_occurrence", "measurement", "observation", "death")}
 
     def concept(dom: str) -> int:
         pool = EVENT_CONCEPTS[dom]
-        if preferred.get(dom) and draw(st.integers(0, 2)): pool = preferred[dom]
+        if preferred.get(dom) and chance(draw, 2, 3): pool = preferred[dom]
         return draw(st.sampled_from(pool))
 
     n = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 8, 8, 8]))
@@ -448,14 +459,29 @@ def cdms(draw, preferred: dict | None = None) -> dict:
         special = sorted({b + o for s, e in periods for b in (s, e) for o in (-1, 0, 1)})
         inside = st.sampled_from(periods).flatmap(lambda p: st.integers(p[0], p[1]))
         used: list[int] = []
+        anchors: list[int] = []
 
-        def when() -> int:
+        def when(near_events: bool = False) -> int:
+            if near_events and used and draw(st.booleans()):   # on an anchor day or another event day
+                return draw(st.sampled_from(anchors)) if anchors and draw(st.booleans()) else draw(st.sampled_from(used))
             choices = [st.integers(LO - 10, HI + 10), inside, inside, st.sampled_from(special)] + \
                       ([st.sampled_from(used)] if used else [])
             d = draw(st.one_of(choices))
             used.append(d)
             return d
 
+        if anchor and anchor[1] and chance(draw, 3, 4):
+            dom, ids = anchor
+            d = draw(inside)
+            used.append(d)
+            anchors.append(d)
+            c = draw(st.sampled_from(ids))
+            if dom in VALUE_DOMAINS:
+                v = draw(st.one_of(st.none(), st.sampled_from(VALUES)))
+                if dom == "measurement": data["measurement"].append((pid, c, day(d), v))
+                else: data["observation"].append((pid, c, None, day(d), v))
+            else:
+                data[DOMAIN_TABLE[dom]].append((pid, c, day(d)))
         for dom, table in (("condition", "condition_occurrence"), ("drug", "drug_exposure"),
                            ("visit", "visit_occurrence")):
             for _ in range(draw(N_EVENTS)):
@@ -467,17 +493,20 @@ def cdms(draw, preferred: dict | None = None) -> dict:
             data["observation"].append((pid, concept("observation"), None, day(when()),
                                         draw(st.one_of(st.none(), st.sampled_from(VALUES)))))
         # IMD rows: none, one or several, sometimes on the same day; sometimes only via the source concept column
-        for _ in range(draw(st.sampled_from([0, 1, 1, 2, 3]))):
-            via_source = draw(st.integers(0, 5)) == 0
+        imd_days: list[int] = []
+        for _ in range(draw(st.sampled_from([0, 1, 2, 2, 3]))):
+            via_source = chance(draw, 1, 6)
             c, src = (0, V.IMD_CONCEPT) if via_source else (V.IMD_CONCEPT, None)
-            data["observation"].append((pid, c, src, day(when()), float(draw(st.integers(1, 5)))))
+            d = draw(st.sampled_from(imd_days)) if imd_days and draw(st.booleans()) else when(near_events=True)
+            imd_days.append(d)
+            data["observation"].append((pid, c, src, day(d), float(draw(st.integers(1, 5)))))
         for _ in range(draw(st.sampled_from([0, 0, 1, 1, 2, 2, 3]))):   # OMOP expects one; several test "earliest"
-            data["death"].append((pid, day(when())))
+            data["death"].append((pid, day(when(near_events=True))))
     return data
 
 
 WINDOW_BOUND = st.one_of(st.none(), st.sampled_from([-1, 0, 1]), st.integers(-40, 40))
-VALUE_BOUND = st.one_of(st.none(), st.sampled_from(VALUES), st.integers(0, 6).map(float))
+VALUE_BOUND = st.one_of(st.none(), st.sampled_from(VALUES), st.sampled_from(VALUES), st.integers(0, 6).map(float))
 
 
 @st.composite
@@ -492,15 +521,18 @@ def concept_sets(draw, name: str, domain: str) -> dict:
     pool = SET_CONCEPTS[domain]
     include = draw(st.lists(st.sampled_from(pool), min_size=0, max_size=3, unique=True))
     codes = {}
-    if not include or draw(st.integers(0, 4)) == 0:
+    if not include or chance(draw, 1, 5):
         vocab, cands = SET_CODES[domain]
         codes = {vocab: draw(st.lists(st.sampled_from(cands), min_size=1, max_size=2, unique=True))}
     on_unknown = "error"
-    if draw(st.integers(0, 9)) == 0:          # an unknown id, left out with a warning
+    if chance(draw, 1, 10):          # an unknown id, left out with a warning
         include.append(999_999_999)
         on_unknown = "warn"
-    exclude = [draw(st.sampled_from(pool))] if draw(st.integers(0, 3)) == 0 else []
-    descendants = draw(st.integers(0, 3)) > 0
+    exclude = [draw(st.sampled_from(pool))] if chance(draw, 1, 4) else []
+    descendants = chance(draw, 3, 4)
+    if domain in NESTED and chance(draw, 1, 4):   # a grandparent minus a child that has children
+        top, child = NESTED[domain]
+        include, exclude, descendants = sorted(set(include) | {top}), [child], chance(draw, 4, 5)
     c = cs(name, *include, descendants=descendants, exclude=exclude, codes=codes, on_unknown=on_unknown)
     try:
         resolve_concept_set({"concept": _CONCEPT_PD, "concept_ancestor": _ANCESTOR_PD}, c)
@@ -511,12 +543,12 @@ def concept_sets(draw, name: str, domain: str) -> dict:
 
 def _domain_for(draw, home: str) -> str:
     "Mostly the concept set's own domain, sometimes another (which then finds few or no events)."
-    return home if draw(st.integers(0, 9)) else draw(st.sampled_from(DOMAIN_NAMES))
+    return home if chance(draw, 9, 10) else draw(st.sampled_from(DOMAIN_NAMES))
 
 
 @st.composite
 def rules(draw, sets: list[dict], homes: dict, depth: int):
-    if depth < 2 and draw(st.integers(0, 3)) == 0:
+    if depth < 2 and chance(draw, 1, 4):
         kind = draw(st.sampled_from(["all", "any"]))
         return {kind: draw(st.lists(rules(sets, homes, depth + 1), min_size=1, max_size=3))}
     s = draw(st.sampled_from(sets))["name"]
@@ -524,7 +556,7 @@ def rules(draw, sets: list[dict], homes: dict, depth: int):
     start, end = draw(WINDOW_BOUND), draw(WINDOW_BOUND)
     if start is not None and end is not None and start > end:
         start, end = end, start                # the engine rejects start > end as an invalid definition
-    value = draw(st.one_of(st.none(), value_ranges())) if dom in VALUE_DOMAINS else None
+    value = draw(value_ranges()) if dom in VALUE_DOMAINS and chance(draw, 2, 3) else None
     op = draw(st.sampled_from(["at_least", "at_most", "exactly"]))
     return crit(s, dom, start, end, op, draw(st.sampled_from([0, 1, 1, 2, 3])), value)
 
@@ -536,9 +568,9 @@ def definitions(draw) -> dict:
     sets = [draw(concept_sets(name, dom)) for name, dom in homes.items()]
     entry_set = draw(st.sampled_from(sets))["name"]
     entry_dom = _domain_for(draw, homes[entry_set])
-    entry_value = (draw(value_ranges()) if entry_dom in VALUE_DOMAINS and draw(st.integers(0, 2)) == 0 else None)
+    entry_value = (draw(value_ranges()) if entry_dom in VALUE_DOMAINS and draw(st.booleans()) else None)
     def sometimes(strategy):                    # each demographic criterion is set in about a third of examples
-        return draw(strategy) if draw(st.integers(0, 2)) == 0 else None
+        return draw(strategy) if chance(draw, 1, 3) else None
 
     age = sometimes(st.fixed_dictionaries({"min": st.one_of(st.none(), st.integers(56, 63)),
                                            "max": st.one_of(st.none(), st.integers(56, 63))}))
@@ -552,13 +584,13 @@ def definitions(draw) -> dict:
         ethnicity=sometimes(st.lists(st.sampled_from(ETHNIC), min_size=1, max_size=5, unique=True)),
         imd=sometimes(st.lists(st.integers(1, 5), min_size=1, max_size=5, unique=True)))
     def obs_days():
-        return draw(st.integers(0, 30)) if draw(st.integers(0, 3)) == 0 else draw(st.sampled_from([0, 0, 0, 1, 2, 7]))
+        return draw(st.integers(0, 30)) if chance(draw, 1, 4) else draw(st.sampled_from([0, 0, 0, 1, 2, 7]))
 
-    n_rules = draw(st.integers(0, 3))
+    n_rules = draw(st.sampled_from([0, 1, 2, 3]))
     rule_list = [(f"rule {i + 1}", draw(rules(sets, homes, 0))) for i in range(n_rules)]
     strategy = draw(st.sampled_from(["fixed", "observation_end", "event", "death"]))
     if strategy == "fixed":
-        exit = {"strategy": "fixed", "days": draw(st.one_of(st.sampled_from([0, 1]), st.integers(0, 60)))}
+        exit = {"strategy": "fixed", "days": draw(st.one_of(st.sampled_from([0, 1, 30, 365]), st.integers(0, 90)))}
     elif strategy == "event":
         s = draw(st.sampled_from(sets))["name"]
         exit = {"strategy": "event", "concept_set": s, "domain": _domain_for(draw, homes[s])}
@@ -580,7 +612,10 @@ def cases(draw) -> tuple[dict, dict]:
     d = draw(definitions())
     ids = set().union(*(resolve_concept_set(_VOCAB, c) for c in d["concept_sets"]))
     preferred = {dom: sorted(ids & pool) for dom, pool in _ALL_DOMAIN_CONCEPTS.items()}
-    return draw(cdms(preferred)), d
+    entry = d["entry"]
+    entry_ids = resolve_concept_set(_VOCAB, next(c for c in d["concept_sets"] if c["name"] == entry["concept_set"]))
+    anchor = (entry["domain"], sorted(entry_ids & _ALL_DOMAIN_CONCEPTS[entry["domain"]]))
+    return draw(cdms(preferred, anchor)), d
 
 
 # ============================================================================ engine vs reference
