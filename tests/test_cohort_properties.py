@@ -543,7 +543,7 @@ def concept_sets(draw, name: str, domain: str) -> dict:
 
 def _domain_for(draw, home: str) -> str:
     "Mostly the concept set's own domain, sometimes another (which then finds few or no events)."
-    return home if chance(draw, 9, 10) else draw(st.sampled_from(DOMAIN_NAMES))
+    return home if chance(draw, 19, 20) else draw(st.sampled_from(DOMAIN_NAMES))
 
 
 @st.composite
