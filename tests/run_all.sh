@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: generated code and notebooks are in sync, every notebook runs
-# (nbs/ and tutorials/), and pytest passes. Run from the project root with healthbench's environment on PATH.
+# (nbs/ and tutorials/), pytest passes, and in a second venv (ACRO, pandas 2.3) the ACRO cross-check and the
+# notebooks pass. Run from the project root with healthbench's environment on PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 workers="${HB_TEST_WORKERS:-2}"
@@ -47,6 +48,7 @@ step "nbdev-clean leaves notebooks unchanged" notebooks_are_clean
 step "notebook tests (nbdev-test nbs)" nbdev-test --n-workers "$workers" --timing
 step "tutorials (nbdev-test tutorials)" nbdev-test tutorials --n-workers "$workers"
 step "pytest" run_pytest
+step "ACRO cross-check and notebooks on pandas 2.3 (second venv)" bash tests/acro/run.sh
 
 if [ ${#failed[@]} -gt 0 ]; then
   printf 'FAILED steps:\n'; printf '  - %s\n' "${failed[@]}"; exit 1
