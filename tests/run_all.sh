@@ -47,6 +47,7 @@ step "nbdev-export leaves healthbench/ unchanged" export_is_clean
 step "nbdev-clean leaves notebooks unchanged" notebooks_are_clean
 step "notebook tests (nbdev-test nbs)" nbdev-test --n-workers "$workers" --timing
 step "tutorials (nbdev-test tutorials)" nbdev-test tutorials --n-workers "$workers"
+step "templates with their defaults (nbdev-test healthbench/templates)" nbdev-test healthbench/templates --n-workers "$workers"
 step "pytest" run_pytest
 step "ACRO cross-check and notebooks on pandas 2.3 (second venv)" bash tests/acro/run.sh
 

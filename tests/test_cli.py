@@ -9,7 +9,7 @@ EXE = shutil.which("healthbench") or str(Path(sys.executable).with_name("healthb
 
 
 def run(*args, cwd):
-    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
 def test_synth_writes_a_cdm_and_refuses_to_overwrite(tmp_path):
@@ -47,6 +47,10 @@ def test_demo_summarises(tmp_path):
     lines = r.stdout.splitlines()
     assert any(l.split()[:2] == ["person", "2,000"] for l in lines)
     assert "per 1,000 person-years" in r.stdout
+    runs = tmp_path / "healthbench-demo" / "runs"
+    for name in ("characterise", "predict", "survival"):       # the demo ends with the three templates
+        assert (runs / name / "report.html").exists() and (runs / name / "release" / "results.json").exists(), name
+        assert f"{runs / name / 'release'}" in r.stdout
 
 
 def test_version():

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Second virtual environment for the ACRO reference (tests/acro/acro_reference.py).
-# ACRO (PyPI "acro", SACRO project) pins pandas<=2.3.3, so it cannot share healthbench's main env.
+# Second virtual environment for the ACRO reference (tests/acro/acro_reference.py) and the lifelines reference
+# (tests/acro/lifelines_check.py). ACRO (PyPI "acro", SACRO project) pins pandas<=2.3.3 and lifelines 0.30.3
+# pins pandas<3.0, so neither can share healthbench's main env.
 # Usage: bash tests/acro/make_venv.sh [VENV_DIR]     (default: <project root>/.acro-venv)
-# Reuses VENV_DIR when it already has acro, pandas 2.3.x, pytest and healthbench importable.
+# Reuses VENV_DIR when it already has acro, lifelines, pandas 2.3.x, pytest and healthbench (with its dev extras) importable.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="${1:-$root/.acro-venv}"
@@ -12,10 +13,11 @@ quiet_pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v '^WARNING: Location' >
 
 is_complete() {
   [ -x "$venv/bin/python" ] && "$venv/bin/python" - <<'PY' 2>/dev/null
-import acro, pandas, pytest, healthbench  # noqa: F401
+import acro, lifelines, pandas, pytest, healthbench, statsmodels, tableone  # noqa: F401
 from importlib.metadata import version
 assert pandas.__version__.startswith("2.3."), pandas.__version__
 assert version("acro") == "1.0.2", version("acro")
+assert version("lifelines") == "0.30.3", version("lifelines")
 PY
 }
 
@@ -25,14 +27,16 @@ else
   python3 -m venv "$venv"
   quiet_pip install -q --upgrade pip
   # acro pinned: the cross-check maps ACRO 1.0's check names and semantics; pandas held at 2.3.x
-  quiet_pip install -q 'acro==1.0.2' 'pandas==2.3.*' pytest
-  # healthbench itself (pandas>=2.2): the constraint stops pip from lifting pandas past 2.3
+  # lifelines pinned: the survival reference for healthbench.stats (kaplan_meier, cox)
+  quiet_pip install -q 'acro==1.0.2' 'lifelines==0.30.3' 'pandas==2.3.*' pytest
+  # healthbench itself (pandas>=2.2) with its dev extras (statsmodels, tableone: the notebooks' references, since
+  # run.sh runs every notebook here too); the constraint stops pip from lifting pandas past 2.3
   echo 'pandas==2.3.*' > "$venv/pandas-constraint.txt"
-  quiet_pip install -q -c "$venv/pandas-constraint.txt" -e "$root"
+  quiet_pip install -q -c "$venv/pandas-constraint.txt" -e "$root[dev]"
   is_complete || { echo "ACRO venv at $venv is incomplete after install" >&2; exit 1; }
 fi
 echo "--- ACRO venv: $((SECONDS - t_start)) s"
 "$venv/bin/python" - <<'PY'
 from importlib.metadata import version
-print(" ".join(f"{p}=={version(p)}" for p in ("acro", "pandas", "numpy")))
+print(" ".join(f"{p}=={version(p)}" for p in ("acro", "lifelines", "pandas", "numpy")))
 PY
