@@ -379,8 +379,13 @@ Cohort.builder = staticmethod(CohortBuilder)
 def _sqlite_date(d: _dt.date, modifier: str) -> _dt.date:
     "SQLite's date(d, '+N days')."
 
+@ibis.udf.scalar.builtin(name="add")
+def _duckdb_add(d: _dt.date, days: int) -> _dt.date:
+    "DuckDB's date + integer, which is a date (date + interval is a timestamp there, slower to compare with dates)."
+
 def _add_days(backend_name: str, d, days: int):
     if backend_name == "sqlite": return _sqlite_date(d, f"{days:+d} days")
+    if backend_name == "duckdb": return _duckdb_add(d, days)
     return (d + ibis.interval(days=days)).cast("date")
 
 def _days(a, b):
@@ -399,36 +404,53 @@ def _events(cdm, domain: str, ids: list[int], value: ValueRange | None) -> ibis.
         t = t.filter(cond)
     return t.select(person_id=t.person_id, event_date=t[date_col].cast("date"))
 
-def _window_cond(j, dialect: str, window: Window):
-    "Event date within `window` days of the index date, as plain date comparisons (kind to range joins)."
-    cond = ibis.literal(True)
-    if window.start is not None: cond &= j.event_date >= _add_days(dialect, j.index_date, window.start)
-    if window.end is not None: cond &= j.event_date <= _add_days(dialect, j.index_date, window.end)
-    return cond
+def _all(conds: list):
+    "The conjunction of a non-empty list of boolean expressions."
+    out = conds[0]
+    for c in conds[1:]: out &= c
+    return out
 
-def _value_cond(v, value: ValueRange | None):
-    if value is None: return ibis.literal(True)
-    cond = v.notnull()
-    if value.min is not None: cond &= v >= value.min
-    if value.max is not None: cond &= v <= value.max
-    return cond
+def _window_cond(j, dialect: str, window: Window) -> list:
+    "Event date within `window` days of the index date, as plain date comparisons (none for an unbounded side)."
+    conds = []
+    if window.start is not None: conds.append(j.event_date >= _add_days(dialect, j.index_date, window.start))
+    if window.end is not None: conds.append(j.event_date <= _add_days(dialect, j.index_date, window.end))
+    return conds
 
-def _count_leaves(cdm, records: ibis.Table, leaves: list[tuple[int, Criterion]], ids: list[int], dialect: str) -> ibis.Table:
-    "Per record (person_id, index_date): for each leaf `_c<i>`, its events in the record's observation period and window."
-    domain = leaves[0][1].domain
+def _value_cond(v, value: ValueRange | None) -> list:
+    if value is None: return []
+    conds = [v.notnull()]
+    if value.min is not None: conds.append(v >= value.min)
+    if value.max is not None: conds.append(v <= value.max)
+    return conds
+
+def _scan_events(cdm, records: ibis.Table, domain: str, ids: list[int], leaves: list[tuple[int, Criterion]],
+                 exit_: bool, dialect: str) -> ibis.Table:
+    """One join of the records with the events of one concept set in one domain, aggregated per record
+    (person_id, index_date): for each leaf `_c<i>`, its events in the record's observation period and window; with
+    `exit_`, `_x`, the earliest event on or after the index date in the period (the exit event)."""
     table, concept_col, date_col, value_col = DOMAINS[domain]
     t = cdm[table]
     t = t.filter(t[concept_col].isin(ids))
-    ev = t.select(person_id=t.person_id, event_date=t[date_col].cast("date"),
-                  value=t[value_col] if value_col else ibis.null("float64"))
-    j = records.join(ev, records.person_id == ev.person_id)
-    j = j.filter((j.event_date >= j.op_start) & (j.event_date <= j.op_end))
-    # narrow the join to the union of the leaves' windows (each leaf still applies its own window below)
-    starts, ends = [c.window.start for _, c in leaves], [c.window.end for _, c in leaves]
+    cols = dict(person_id=t.person_id, event_date=t[date_col].cast("date"))
+    if value_col and any(c.value is not None for _, c in leaves): cols["value"] = t[value_col]
+    ev = t.select(**cols)
+    # the join condition keeps only events in the period and in the union of the leaves' windows (a range join);
+    # each leaf then applies its own window and value range in its count
+    starts = [c.window.start for _, c in leaves] + ([0] if exit_ else [])
+    ends = [c.window.end for _, c in leaves] + ([None] if exit_ else [])
     span = Window(None if None in starts else min(starts), None if None in ends else max(ends))
-    j = j.filter(_window_cond(j, dialect, span))
-    return j.group_by(["person_id", "index_date"]).aggregate(
-        **{f"_c{i}": j.count(where=_window_cond(j, dialect, c.window) & _value_cond(j.value, c.value)) for i, c in leaves})
+    r = records.view()   # a distinct reference, so ibis emits `records` once as a CTE instead of inlining it
+    lo = r.op_start if span.start is None else ibis.greatest(r.op_start, _add_days(dialect, r.index_date, span.start))
+    hi = r.op_end if span.end is None else ibis.least(r.op_end, _add_days(dialect, r.index_date, span.end))
+    j = r.join(ev, [r.person_id == ev.person_id, ev.event_date >= lo, ev.event_date <= hi])
+    aggs = {}
+    for i, c in leaves:
+        conds = (_window_cond(j, dialect, c.window) if c.window != span else []) \
+                + _value_cond(j.value if "value" in cols else None, c.value)
+        aggs[f"_c{i}"] = j.count(where=_all(conds)) if conds else j.count()
+    if exit_: aggs["_x"] = j.event_date.min(where=j.event_date >= j.index_date)
+    return j.group_by(["person_id", "index_date"]).aggregate(**aggs)
 
 # %% ../nbs/05_cohort.ipynb #40c62389
 class Attrition(pd.DataFrame):
@@ -497,12 +519,12 @@ def _int(v) -> int: return 0 if v is None or pd.isna(v) else int(v)
 
 @dataclass
 class _Plan:
-    step_counts: list          # (step, description, one-row ibis expression with p, r) for entry, observation, limit
-    wide: ibis.Table           # one row per record, with a boolean column _s<i> per later step
+    pre_counts: list           # (step, description, one-row ibis expression with _p<k>, _r<k>) for entry, observation, limit
+    wide: ibis.Table           # one row per record: person_id, index_date, cohort_end_date, a boolean _s<i> per later step
     step_labels: list[tuple]   # (step, description) of the _s<i> steps
     table: ibis.Table          # the cohort table
 
-def _same(t): return t
+def _keep(kind: str, t): return t
 
 def _temp_tables(backend):
     "Stores an intermediate result as a session temp table (never in the source), or keeps the expression if it cannot."
@@ -512,14 +534,20 @@ def _temp_tables(backend):
         except Exception: return t
     return store
 
-def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_same) -> _Plan:
-    "All expressions for `cohort` on `cdm`, compiled for `dialect`; `store` may materialise intermediate tables."
+def _tally(t: ibis.Table, k: int) -> ibis.Table:
+    "One row: the persons `_p<k>` and records `_r<k>` in `t`."
+    return t.aggregate(**{f"_p{k}": t.person_id.nunique(), f"_r{k}": t.count()})
+
+def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_keep, counts: bool = False) -> _Plan:
+    """All expressions for `cohort` on `cdm`, compiled for `dialect`. `store(kind, table)` may materialise the
+    intermediate `entry`, `records` and `wide` tables; with `counts`, `wide` also carries the counts of the steps
+    before it (`_p<k>`, `_r<k>` on every row), so that the whole attrition is one query on it."""
     e = cohort.entry
     # 1. entry events: distinct (person, date); 'first' keeps each person's first ever date
-    ev = _events(cdm, e.domain, ids[e.concept_set], e.value).distinct()
-    if e.occurrence == "first": ev = ev.group_by("person_id").aggregate(event_date=ev.event_date.min())
-    entry = store(ev.select("person_id", index_date=ev.event_date))
-    counts = [("entry events", "entry events", entry.aggregate(p=entry.person_id.nunique(), r=entry.count()))]
+    ev = _events(cdm, e.domain, ids[e.concept_set], e.value)
+    ev = ev.group_by("person_id").aggregate(event_date=ev.event_date.min()) if e.occurrence == "first" else ev.distinct()
+    entry = store("entry", ev.select("person_id", index_date=ev.event_date))
+    pre = [("entry events", "entry events", _tally(entry, 0))]
     # 2. observation: inside a period, with the required days before and after
     op = cdm.observation_period
     op = op.select(op.person_id, op_start=op.observation_period_start_date.cast("date"),
@@ -527,22 +555,33 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_s
     j = entry.join(op, [entry.person_id == op.person_id, op.op_start <= entry.index_date, entry.index_date <= op.op_end])
     records = j.filter((_days(j.index_date, j.op_start) >= e.prior_observation_days)
                        & (_days(j.op_end, j.index_date) >= e.post_observation_days)).select("person_id", "index_date", "op_start", "op_end")
-    records = store(records)
-    counts.append(("observation", f"observation: {e.prior_observation_days} days before, {e.post_observation_days} after",
-                   records.aggregate(p=records.person_id.nunique(), r=records.count())))
+    records = store("records", records)
+    pre.append(("observation", f"observation: {e.prior_observation_days} days before, {e.post_observation_days} after",
+                _tally(records, 1)))
     # 3. limit: earliest qualifying record per person
     if e.limit == "earliest":
         records = records.mutate(_first=records.index_date.min().over(group_by=records.person_id))
         records = records.filter(records.index_date == records._first).drop("_first")
-        counts.append(("limit", "limit: earliest record per person", records.aggregate(p=records.person_id.nunique(), r=records.count())))
+        pre.append(("limit", "limit: earliest record per person", _tally(records, 2)))
     records = records.distinct()
 
-    # 4-5. one row per record with the columns the criteria need (one flat join chain), then one boolean per step
-    d = cohort.demographics
-    person = cdm.person.select(_pid="person_id", year_of_birth="year_of_birth", gender_concept_id="gender_concept_id",
-                               race_source_value="race_source_value")
-    f = records.left_join(person, records.person_id == person._pid)
-    extra = [person.year_of_birth, person.gender_concept_id, person.race_source_value]
+    # 4-6. one flat join chain from the records to what the criteria and the exit need, then one select: a boolean
+    # per step and the end date of every record
+    d, x = cohort.demographics, cohort.exit
+    p = cdm.person.select(_pid="person_id", year_of_birth="year_of_birth", gender_concept_id="gender_concept_id",
+                          race_source_value="race_source_value")
+    f = records.left_join(p, records.person_id == p._pid)
+    checks, labels = [], []
+    if d.age_min is not None or d.age_max is not None:
+        age = records.index_date.year() - p.year_of_birth
+        cond = []
+        if d.age_min is not None: cond.append(age >= d.age_min)
+        if d.age_max is not None: cond.append(age <= d.age_max)
+        checks.append(_all(cond)); labels.append(("age", f"age {'' if d.age_min is None else d.age_min}–{'' if d.age_max is None else d.age_max}"))
+    if d.sex is not None:
+        checks.append(p.gender_concept_id.isin([SEX[s] for s in d.sex])); labels.append(("sex", f"sex: {', '.join(d.sex)}"))
+    if d.ethnicity is not None:
+        checks.append(p.race_source_value.isin(d.ethnicity)); labels.append(("ethnicity", f"ethnicity: {'; '.join(d.ethnicity)}"))
     if d.imd_quintile is not None:
         o = cdm.observation
         imd = o.filter((o.observation_concept_id == V.IMD_CONCEPT) | (o.observation_source_concept_id == V.IMD_CONCEPT))
@@ -554,59 +593,46 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_s
         latest = jj.group_by(["person_id", "index_date"]).aggregate(imd_quintile=jj.imd_value.min())
         latest = latest.rename(_ip="person_id", _id="index_date")
         f = f.left_join(latest, [records.person_id == latest._ip, records.index_date == latest._id])
-        extra.append(latest.imd_quintile)
+        checks.append(latest.imd_quintile.isin([float(q) for q in d.imd_quintile]))
+        labels.append(("imd_quintile", f"IMD quintile: {', '.join(map(str, d.imd_quintile))}"))
+    # leaves on the same domain and concept set share one scan of the events; so does an exit event on them
     leaves = _leaves([r.rule for r in cohort.inclusion_rules])
-    groups: dict[tuple, list] = {}   # leaves on the same domain and concept set share one scan of the events
+    groups: dict[tuple, list] = {}
     for i, c in enumerate(leaves): groups.setdefault((c.domain, c.concept_set), []).append((i, c))
-    for g, ((domain, cs), members) in enumerate(groups.items()):
-        counted = _count_leaves(cdm, records, members, ids[cs], dialect)
-        counted = counted.rename(**{f"_gp{g}": "person_id", f"_gd{g}": "index_date"})
-        f = f.left_join(counted, [records.person_id == counted[f"_gp{g}"], records.index_date == counted[f"_gd{g}"]])
-        extra += [counted[f"_c{i}"].fill_null(0).name(f"_c{i}") for i, _ in members]
-    extra.sort(key=lambda col: col.get_name())
-    f = f.select(records.person_id, records.index_date, records.op_start, records.op_end, *extra)
-
-    checks, labels = [], []
-    if d.age_min is not None or d.age_max is not None:
-        age = f.index_date.year() - f.year_of_birth
-        cond = ibis.literal(True)
-        if d.age_min is not None: cond &= age >= d.age_min
-        if d.age_max is not None: cond &= age <= d.age_max
-        checks.append(cond); labels.append(("age", f"age {'' if d.age_min is None else d.age_min}–{'' if d.age_max is None else d.age_max}"))
-    if d.sex is not None:
-        checks.append(f.gender_concept_id.isin([SEX[s] for s in d.sex])); labels.append(("sex", f"sex: {', '.join(d.sex)}"))
-    if d.ethnicity is not None:
-        checks.append(f.race_source_value.isin(d.ethnicity)); labels.append(("ethnicity", f"ethnicity: {'; '.join(d.ethnicity)}"))
-    if d.imd_quintile is not None:
-        checks.append(f.imd_quintile.isin([float(q) for q in d.imd_quintile])); labels.append(("imd_quintile", f"IMD quintile: {', '.join(map(str, d.imd_quintile))}"))
-    counter = iter(range(len(leaves)))
+    exit_key = (x.domain, x.concept_set) if x.strategy == "event" else None
+    if exit_key: groups.setdefault(exit_key, [])
+    leaf_counts, exit_date = {}, None
+    for (domain, cs), members in groups.items():
+        scan = _scan_events(cdm, records, domain, ids[cs], members, (domain, cs) == exit_key, dialect)
+        f = f.left_join(scan, [records.person_id == scan.person_id, records.index_date == scan.index_date])
+        leaf_counts.update({i: scan[f"_c{i}"].fill_null(0) for i, _ in members})
+        if (domain, cs) == exit_key: exit_date = scan._x
+    counter = iter([leaf_counts[i] for i in range(len(leaves))])
     for r in cohort.inclusion_rules:
-        checks.append(_rule_flag(r.rule, f, counter)); labels.append((r.name, r.name))
-    wide = store(f.mutate(**{f"_s{i}": c.fill_null(False) for i, c in enumerate(checks)}))
-
-    # 6. exit
-    kept = wide
-    for i in range(len(checks)): kept = kept.filter(kept[f"_s{i}"])
-    kept = kept.select("person_id", "index_date", "op_start", "op_end")
-    x = cohort.exit
+        checks.append(_rule_flag(r.rule, counter)); labels.append((r.name, r.name))
     if x.strategy == "fixed":
-        end = ibis.ifelse(_days(kept.op_end, kept.index_date) <= x.days, kept.op_end, _add_days(dialect, kept.index_date, x.days))
+        end = ibis.ifelse(_days(records.op_end, records.index_date) <= x.days, records.op_end,
+                          _add_days(dialect, records.index_date, x.days))
     elif x.strategy == "observation_end":
-        end = kept.op_end
-    else:
-        if x.strategy == "event": later = _events(cdm, x.domain, ids[x.concept_set], None)
-        else:
-            dt_ = cdm.death   # the person's earliest death date, wherever it falls
-            later = dt_.group_by("person_id").aggregate(event_date=dt_.death_date.cast("date").min())
-        jx = kept.join(later, kept.person_id == later.person_id)
-        jx = jx.filter((jx.event_date >= jx.index_date) & (jx.event_date <= jx.op_end))
-        first = jx.group_by(["person_id", "index_date"]).aggregate(exit_date=jx.event_date.min())
-        first = first.rename(_xp="person_id", _xd="index_date")
-        kept = kept.left_join(first, [kept.person_id == first._xp, kept.index_date == first._xd]).select(
-            kept.person_id, kept.index_date, kept.op_start, kept.op_end, first.exit_date)
-        end = kept.exit_date.fill_null(kept.op_end)
-    table = kept.select(person_id=kept.person_id, cohort_start_date=kept.index_date, cohort_end_date=end.cast("date"))
-    return _Plan(counts, wide, labels, table.order_by(["person_id", "cohort_start_date"]))
+        end = records.op_end
+    elif x.strategy == "event":
+        end = exit_date.fill_null(records.op_end)
+    else:   # the person's earliest death date, wherever it falls, if it is in [index, period end]
+        dt_ = cdm.death
+        death = dt_.group_by("person_id").aggregate(_death=dt_.death_date.cast("date").min()).rename(_dp="person_id")
+        f = f.left_join(death, records.person_id == death._dp)
+        inside = ((death._death >= records.index_date) & (death._death <= records.op_end)).fill_null(False)
+        end = inside.ifelse(death._death, records.op_end)
+    cols = {"person_id": records.person_id, "index_date": records.index_date, "cohort_end_date": end.cast("date"),
+            **{f"_s{i}": c.fill_null(False) for i, c in enumerate(checks)}}
+    if counts:
+        for _, _, q in pre:
+            f = f.cross_join(q)
+            cols.update({c: q[c] for c in q.columns})
+    wide = store("wide", f.select(**cols))
+    kept = wide.filter(*[wide[f"_s{i}"] for i in range(len(checks))]) if checks else wide
+    table = kept.select(person_id=kept.person_id, cohort_start_date=kept.index_date, cohort_end_date=kept.cohort_end_date)
+    return _Plan(pre, wide, labels, table.order_by(["person_id", "cohort_start_date"]))
 
 def generate(cdm, cohort: Cohort) -> CohortResult:
     "Generate `cohort` on `cdm`: the cohort table (an ibis expression) and its attrition."
@@ -614,21 +640,25 @@ def generate(cdm, cohort: Cohort) -> CohortResult:
         raise InputError(f"generate() needs a Cohort; got {type(cohort).__name__} (use Cohort.from_json for JSON)")
     ids = dict(zip([cs.name for cs in cohort.concept_sets], resolve_many(cdm, cohort.concept_sets)))
     dialect = cdm.backend.name
-    # intermediate tables go to session temp tables: each step is computed once, and SQLite's parser never
-    # sees the fully nested query; to_sql() still shows one self-contained query
-    plan = _plan(cdm, cohort, ids, dialect, store=_temp_tables(cdm.backend))
-    rows = []
-    for step, description, q in plan.step_counts:
-        got = q.to_pandas().iloc[0]
-        rows.append({"step": step, "persons": _int(got.p), "records": _int(got.r), "description": description})
-    if plan.step_labels:
-        w, cum, aggs = plan.wide, ibis.literal(True), {}
-        for i in range(len(plan.step_labels)):
-            cum = cum & w[f"_s{i}"]
-            aggs[f"p{i}"], aggs[f"r{i}"] = w.person_id.nunique(where=cum), cum.ifelse(1, 0).sum()
-        got = w.aggregate(**aggs).to_pandas().iloc[0]
-        rows += [{"step": step, "persons": _int(got[f"p{i}"]), "records": _int(got[f"r{i}"]), "description": desc}
-                 for i, (step, desc) in enumerate(plan.step_labels)]
+    # the one-row-per-record table goes to a session temp table, so the attrition and the cohort table read it rather
+    # than recompute it. DuckDB runs it as one statement (entry and records as CTEs of it); elsewhere entry and
+    # records are temp tables too, so SQLite's parser never sees the fully nested query. to_sql() stays one query.
+    temp = _temp_tables(cdm.backend)
+    store = (lambda kind, t: temp(t) if kind == "wide" else t) if dialect == "duckdb" else (lambda kind, t: temp(t))
+    plan = _plan(cdm, cohort, ids, dialect, store=store, counts=True)
+    # the whole attrition in one query: the earlier steps' counts ride on every row of `wide`; later steps are cumulative
+    w, cum, aggs = plan.wide, None, {}
+    for k in range(len(plan.pre_counts)): aggs[f"_p{k}"], aggs[f"_r{k}"] = w[f"_p{k}"].max(), w[f"_r{k}"].max()
+    for i in range(len(plan.step_labels)):
+        cum = w[f"_s{i}"] if cum is None else cum & w[f"_s{i}"]
+        aggs[f"p{i}"], aggs[f"r{i}"] = w.person_id.nunique(where=cum), w.count(where=cum)
+    got = w.aggregate(**aggs).to_pyarrow().to_pylist()[0]
+    if got["_p0"] is None:   # no records at all: only the entry step can be non-zero, and it needs its own query
+        got.update(plan.pre_counts[0][2].to_pyarrow().to_pylist()[0])
+    rows = [{"step": step, "persons": _int(got[f"_p{k}"]), "records": _int(got[f"_r{k}"]), "description": desc}
+            for k, (step, desc, _) in enumerate(plan.pre_counts)]
+    rows += [{"step": step, "persons": _int(got[f"p{i}"]), "records": _int(got[f"r{i}"]), "description": desc}
+             for i, (step, desc) in enumerate(plan.step_labels)]
     att = pd.DataFrame(rows)
     att["persons_lost"] = (att.persons.shift(1) - att.persons).fillna(0).astype("int64")
     att["records_lost"] = (att.records.shift(1) - att.records).fillna(0).astype("int64")
@@ -643,12 +673,12 @@ def _leaves(rules) -> list[Criterion]:
         else: out.append(r)
     return out
 
-def _rule_flag(rule, f, counter):
-    "Boolean expression of `rule` over the count columns `_c0`, `_c1`, … of `f` (taken in depth-first order)."
+def _rule_flag(rule, counter):
+    "Boolean expression of `rule` over the leaves' count expressions, taken from `counter` in depth-first order."
     if isinstance(rule, Group):
-        parts = [_rule_flag(i, f, counter) for i in rule.items]
+        parts = [_rule_flag(i, counter) for i in rule.items]
         out = parts[0]
-        for p in parts[1:]: out = (out & p) if rule.kind == "all" else (out | p)
+        for q in parts[1:]: out = (out & q) if rule.kind == "all" else (out | q)
         return out
-    c = f[f"_c{next(counter)}"]
+    c = next(counter)
     return {"at_least": c >= rule.n, "at_most": c <= rule.n, "exactly": c == rule.n}[rule.op]
