@@ -19,7 +19,7 @@ from . import vocabulary as V
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'DOMAINS', 'COUNT_OPS', 'SEX', 'ETHNICITY_LABELS', 'EXIT_STRATEGIES', 'Window', 'ValueRange',
            'Criterion', 'Group', 'InclusionRule', 'EntryEvent', 'Demographics', 'Exit', 'Cohort', 'at_least', 'at_most',
-           'exactly', 'all_of', 'any_of', 'CohortBuilder', 'Attrition', 'CohortResult', 'generate']
+           'exactly', 'all_of', 'any_of', 'CohortBuilder', 'Attrition', 'CohortResult', 'GenerationCache', 'generate']
 
 # %% ../nbs/05_cohort.ipynb #5b5375aa
 SCHEMA_VERSION = 1
@@ -534,28 +534,66 @@ def _temp_tables(backend):
         except Exception: return t
     return store
 
+class GenerationCache:
+    """Keeps the reusable pieces of `generate` for one CDM between calls — resolved concept sets, the entry events
+    joined to their observation periods, each event scan, the IMD lookup — as session temp tables, so that an
+    interactive edit (a slider, a rule) recomputes only what it changed. For a builder widget; a one-off `generate`
+    does not need it."""
+    def __init__(self, cdm):
+        self.cdm, self._ids, self._tables = cdm, {}, {}
+        self._store = _temp_tables(cdm.backend)
+        self.hits = self.misses = 0
+
+    def ids(self, sets: list) -> dict[str, list[int]]:
+        "Resolved concept ids of `sets`, resolving only sets not seen before."
+        keys = [json.dumps(cs.to_dict(), sort_keys=True) for cs in sets]
+        new = [(k, cs) for k, cs in zip(keys, sets) if k not in self._ids]
+        if new:
+            for (k, _), got in zip(new, resolve_many(self.cdm, [cs for _, cs in new])): self._ids[k] = got
+        return {cs.name: self._ids[k] for k, cs in zip(keys, sets)}
+
+    def table(self, key: tuple, make) -> ibis.Table:
+        "The temp table stored for `key`, made (and stored) by `make()` the first time."
+        if key in self._tables: self.hits += 1
+        else:
+            self.misses += 1
+            self._tables[key] = self._store(make())
+        return self._tables[key]
+
 def _tally(t: ibis.Table, k: int) -> ibis.Table:
     "One row: the persons `_p<k>` and records `_r<k>` in `t`."
     return t.aggregate(**{f"_p{k}": t.person_id.nunique(), f"_r{k}": t.count()})
 
-def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_keep, counts: bool = False) -> _Plan:
+def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_keep, counts: bool = False,
+          cache: GenerationCache | None = None) -> _Plan:
     """All expressions for `cohort` on `cdm`, compiled for `dialect`. `store(kind, table)` may materialise the
     intermediate `entry`, `records` and `wide` tables; with `counts`, `wide` also carries the counts of the steps
     before it (`_p<k>`, `_r<k>` on every row), so that the whole attrition is one query on it."""
     e = cohort.entry
     # 1. entry events: distinct (person, date); 'first' keeps each person's first ever date
-    ev = _events(cdm, e.domain, ids[e.concept_set], e.value)
-    ev = ev.group_by("person_id").aggregate(event_date=ev.event_date.min()) if e.occurrence == "first" else ev.distinct()
-    entry = store("entry", ev.select("person_id", index_date=ev.event_date))
-    pre = [("entry events", "entry events", _tally(entry, 0))]
-    # 2. observation: inside a period, with the required days before and after
+    def make_entry():
+        ev = _events(cdm, e.domain, ids[e.concept_set], e.value)
+        ev = ev.group_by("person_id").aggregate(event_date=ev.event_date.min()) if e.occurrence == "first" else ev.distinct()
+        return ev.select("person_id", index_date=ev.event_date)
     op = cdm.observation_period
     op = op.select(op.person_id, op_start=op.observation_period_start_date.cast("date"),
                    op_end=op.observation_period_end_date.cast("date"))
-    j = entry.join(op, [entry.person_id == op.person_id, op.op_start <= entry.index_date, entry.index_date <= op.op_end])
+    def in_period(entry):
+        j = entry.join(op, [entry.person_id == op.person_id, op.op_start <= entry.index_date, entry.index_date <= op.op_end])
+        return j.select("person_id", "index_date", "op_start", "op_end")
+    if cache is None:
+        entry = store("entry", make_entry())
+        base = None
+    else:   # the entry events and their periods, before the days filter, are kept for later edits
+        ekey = ("entry", e.domain, tuple(ids[e.concept_set]), e.occurrence, repr(e.value))
+        entry = cache.table(ekey, make_entry)
+        base = cache.table(("in_period",) + ekey, lambda: in_period(entry))
+    pre = [("entry events", "entry events", _tally(entry, 0))]
+    # 2. observation: inside a period, with the required days before and after
+    j = in_period(entry) if base is None else base
     records = j.filter((_days(j.index_date, j.op_start) >= e.prior_observation_days)
                        & (_days(j.op_end, j.index_date) >= e.post_observation_days)).select("person_id", "index_date", "op_start", "op_end")
-    records = store("records", records)
+    records = store("records", records) if base is None else records
     pre.append(("observation", f"observation: {e.prior_observation_days} days before, {e.post_observation_days} after",
                 _tally(records, 1)))
     # 3. limit: earliest qualifying record per person
@@ -586,11 +624,13 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_k
         o = cdm.observation
         imd = o.filter((o.observation_concept_id == V.IMD_CONCEPT) | (o.observation_source_concept_id == V.IMD_CONCEPT))
         imd = imd.select(person_id=imd.person_id, imd_date=imd.observation_date.cast("date"), imd_value=imd.value_as_number)
-        keys = records.select("person_id", "index_date")
-        jj = keys.join(imd, [keys.person_id == imd.person_id, imd.imd_date <= keys.index_date])
-        jj = jj.mutate(_latest=jj.imd_date.max().over(group_by=[jj.person_id, jj.index_date]))
-        jj = jj.filter(jj.imd_date == jj._latest)
-        latest = jj.group_by(["person_id", "index_date"]).aggregate(imd_quintile=jj.imd_value.min())
+        def make_latest():
+            keys = (records if base is None else base).select("person_id", "index_date")
+            jj = keys.join(imd, [keys.person_id == imd.person_id, imd.imd_date <= keys.index_date])
+            jj = jj.mutate(_latest=jj.imd_date.max().over(group_by=[jj.person_id, jj.index_date]))
+            jj = jj.filter(jj.imd_date == jj._latest)
+            return jj.group_by(["person_id", "index_date"]).aggregate(imd_quintile=jj.imd_value.min())
+        latest = make_latest() if base is None else cache.table(("imd",) + ekey, make_latest)
         latest = latest.rename(_ip="person_id", _id="index_date")
         f = f.left_join(latest, [records.person_id == latest._ip, records.index_date == latest._id])
         checks.append(latest.imd_quintile.isin([float(q) for q in d.imd_quintile]))
@@ -603,7 +643,14 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_k
     if exit_key: groups.setdefault(exit_key, [])
     leaf_counts, exit_date = {}, None
     for (domain, cs), members in groups.items():
-        scan = _scan_events(cdm, records, domain, ids[cs], members, (domain, cs) == exit_key, dialect)
+        is_exit = (domain, cs) == exit_key
+        if base is None:
+            scan = _scan_events(cdm, records, domain, ids[cs], members, is_exit, dialect)
+        else:   # scanned once per (entry, concept set, windows), with local leaf numbers, then renamed
+            local = [(k, c) for k, (_, c) in enumerate(members)]
+            skey = ("scan",) + ekey + (domain, tuple(ids[cs]), repr([(c.window, c.value) for _, c in local]), is_exit)
+            scan = cache.table(skey, lambda: _scan_events(cdm, base, domain, ids[cs], local, is_exit, dialect))
+            scan = scan.rename(**{f"_c{i}": f"_c{k}" for k, (i, _) in enumerate(members)})
         f = f.left_join(scan, [records.person_id == scan.person_id, records.index_date == scan.index_date])
         leaf_counts.update({i: scan[f"_c{i}"].fill_null(0) for i, _ in members})
         if (domain, cs) == exit_key: exit_date = scan._x
@@ -634,18 +681,20 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_k
     table = kept.select(person_id=kept.person_id, cohort_start_date=kept.index_date, cohort_end_date=kept.cohort_end_date)
     return _Plan(pre, wide, labels, table.order_by(["person_id", "cohort_start_date"]))
 
-def generate(cdm, cohort: Cohort) -> CohortResult:
-    "Generate `cohort` on `cdm`: the cohort table (an ibis expression) and its attrition."
+def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> CohortResult:
+    "Generate `cohort` on `cdm`: the cohort table (an ibis expression) and its attrition; `cache` reuses earlier work."
     if not isinstance(cohort, Cohort):
         raise InputError(f"generate() needs a Cohort; got {type(cohort).__name__} (use Cohort.from_json for JSON)")
-    ids = dict(zip([cs.name for cs in cohort.concept_sets], resolve_many(cdm, cohort.concept_sets)))
+    if cache is not None and cache.cdm is not cdm: raise InputError("the GenerationCache belongs to another CDM")
+    ids = cache.ids(cohort.concept_sets) if cache is not None else \
+        dict(zip([cs.name for cs in cohort.concept_sets], resolve_many(cdm, cohort.concept_sets)))
     dialect = cdm.backend.name
     # the one-row-per-record table goes to a session temp table, so the attrition and the cohort table read it rather
     # than recompute it. DuckDB runs it as one statement (entry and records as CTEs of it); elsewhere entry and
     # records are temp tables too, so SQLite's parser never sees the fully nested query. to_sql() stays one query.
     temp = _temp_tables(cdm.backend)
     store = (lambda kind, t: temp(t) if kind == "wide" else t) if dialect == "duckdb" else (lambda kind, t: temp(t))
-    plan = _plan(cdm, cohort, ids, dialect, store=store, counts=True)
+    plan = _plan(cdm, cohort, ids, dialect, store=store, counts=True, cache=cache)
     # the whole attrition in one query: the earlier steps' counts ride on every row of `wide`; later steps are cumulative
     w, cum, aggs = plan.wide, None, {}
     for k in range(len(plan.pre_counts)): aggs[f"_p{k}"], aggs[f"_r{k}"] = w[f"_p{k}"].max(), w[f"_r{k}"].max()
