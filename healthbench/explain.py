@@ -404,10 +404,12 @@ def compare_importance(expl: shap.Explanation, groups: pd.Series) -> pd.DataFram
     if g.isna().any(): raise InputError(f"groups has {int(g.isna().sum())} missing value(s); give them a level first")
     name = g.name or "group"
     a = pd.DataFrame(np.abs(values), columns=names)
-    out = a.groupby(g.to_numpy()).mean().rename_axis(name).reset_index().melt(id_vars=name, var_name="feature",
-                                                                              value_name="mean_abs_shap")
-    out.insert(1, "n", out[name].map(g.value_counts()).astype(int))
-    return out.sort_values([name, "mean_abs_shap"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    # a private id column while reshaping: the grouping variable is often a feature too (e.g. sex)
+    out = a.groupby(g.to_numpy()).mean().rename_axis("_g").reset_index().melt(id_vars="_g", var_name="feature",
+                                                                               value_name="mean_abs_shap")
+    out.insert(1, "n", out["_g"].map(g.value_counts()).astype(int))
+    out = out.sort_values(["_g", "mean_abs_shap"], ascending=[True, False], kind="stable").reset_index(drop=True)
+    return out.rename(columns={"_g": name})
 
 # %% ../nbs/11_explain.ipynb #f4a508b2
 def plot_importance(imp: pd.DataFrame, max_features: int = 20):

@@ -41,14 +41,15 @@ def test_synth_missing_folder(tmp_path):
 
 
 def test_demo_summarises(tmp_path):
-    r = run("demo", "--persons", "2000", "--quiet", cwd=tmp_path)
+    r = run("demo", "--persons", "4000", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "healthbench-demo" / "cdm.duckdb").exists()
     lines = r.stdout.splitlines()
-    assert any(l.split()[:2] == ["person", "2,000"] for l in lines)
+    assert any(l.split()[:2] == ["person", "4,000"] for l in lines)
+    assert "tripod_ai_report.html" in r.stdout
     assert "per 1,000 person-years" in r.stdout
     runs = tmp_path / "healthbench-demo" / "runs"
-    for name in ("characterise", "predict", "survival"):       # the demo ends with the three templates
+    for name in ("characterise", "predict", "survival", "explain", "fairness", "report"):   # the demo ends with the report
         assert (runs / name / "report.html").exists() and (runs / name / "release" / "results.json").exists(), name
         assert f"{runs / name / 'release'}" in r.stdout
 

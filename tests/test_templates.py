@@ -23,9 +23,11 @@ from healthbench.disclosure import verify_bundle
 from healthbench.errors import InputError, TemplateRunError
 from healthbench.templates import TEMPLATE_DIR, available, parameters, run, validate
 
-TEMPLATES = ["characterise", "predict", "survival"]
+TEMPLATES = ["characterise", "predict", "survival", "explain", "fairness"]     # each run all three ways
+ALL = sorted(TEMPLATES + ["report"])
 EXE = shutil.which("healthbench") or str(Path(sys.executable).with_name("healthbench"))
-SMALL = {"characterise": {"persons": 3000}, "predict": {"persons": 4000, "folds": 3}, "survival": {"persons": 3000}}
+SMALL = {"characterise": {"persons": 3000}, "predict": {"persons": 4000, "folds": 3}, "survival": {"persons": 3000},
+         "explain": {"persons": 3000, "rows": 500}, "fairness": {"persons": 3000, "n_boot": 50}}
 
 
 def _tables(run_dir: Path) -> dict[str, bytes]:
@@ -36,14 +38,14 @@ def _tables(run_dir: Path) -> dict[str, bytes]:
 
 def test_bundled_templates_listed_with_parameters():
     names = available().name.tolist()
-    assert names == sorted(TEMPLATES)
-    for t in TEMPLATES:
+    assert names == ALL
+    for t in ALL:
         p = parameters(t)
-        assert {"cdm_path", "cohort_json", "rules", "seed", "out_dir"} <= set(p), (t, p)
+        assert {"cdm_path", "rules", "seed", "out_dir"} <= set(p), (t, p)
         assert all(v["help"] for v in p.values()), f"{t}: every parameter needs a help comment"
 
 
-@pytest.mark.parametrize("name", TEMPLATES)
+@pytest.mark.parametrize("name", ALL)
 def test_every_template_keeps_its_parameters_tag(name):
     nb = nbformat.read(TEMPLATE_DIR / f"{name}.ipynb", as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -129,3 +131,27 @@ def test_failing_cell_is_reported(tmp_path):
                         "-p", "persons", "500", "--out", str(tmp_path / "bad_cli"), "--quiet"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode != 0 and "group must be one of" in p.stderr
+
+
+def test_report_is_assembled_from_released_outputs_only(tmp_path):
+    "The report run makes the other runs, then reads only their release bundles; its numbers are theirs."
+    import re
+    import pandas as pd
+    r = run("report", {"persons": 4000}, tmp_path / "report", progress=False)
+    assert r.status == "succeeded"
+    rel = r.run_dir / "release"
+    assert verify_bundle(rel) == []
+    html = (rel / "tripod_ai_report.html").read_text()
+    for n in range(1, 13): assert f"<h2>{n}. " in html, f"section {n} missing"
+    # the AUROC of each model in the report is the one in the predict run's released metrics table
+    metrics = pd.read_csv(r.run_dir / "runs" / "predict" / "release" / "metrics.csv", index_col=[0, 1])
+    for model in ("logistic", "gradient_boosting"):
+        v = metrics.loc[(model, "AUROC (DeLong 95% CI)"), "value"]
+        assert f"{v:.3f}" in html
+    card = json.loads((rel / "model_card_json.json").read_text())
+    assert {"model_details", "intended_use", "factors", "metrics", "evaluation_data", "training_data",
+            "quantitative_analyses", "ethical_considerations", "caveats_and_recommendations"} == set(card)
+    # characterise ran on the model's cohort
+    m = {k: json.loads((r.run_dir / "runs" / k / "manifest.json").read_text()) for k in ("characterise", "predict")}
+    assert m["characterise"]["cohort_sha256"] == m["predict"]["cohort_sha256"]
+    assert "different cohort definitions" not in html
