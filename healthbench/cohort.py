@@ -392,10 +392,18 @@ def _days(a, b):
     "Whole days from date `b` to date `a` (a - b)."
     return a.delta(b, unit="day")
 
+def _isin(col, ids: list[int], backend_name: str):
+    "`col` is one of `ids` (on DuckDB, a short list as list containment)."
+    # DuckDB 1.5 runs an IN list of several values as a join; up to ~20 ids array_contains filters faster, beyond that IN
+    # does, and one id is an equality either way (bench/concept_filter.py measures it)
+    if backend_name == "duckdb" and 2 <= len(ids) <= 20:
+        return ibis.literal(ids, type=f"array<{col.type()}>").contains(col)
+    return col.isin(ids)
+
 def _events(cdm, domain: str, ids: list[int], value: ValueRange | None) -> ibis.Table:
     table, concept_col, date_col, value_col = DOMAINS[domain]
     t = cdm[table]
-    t = t.filter(t[concept_col].isin(ids))
+    t = t.filter(_isin(t[concept_col], ids, cdm.backend.name))
     if value is not None:
         v = t[value_col]
         cond = v.notnull()
@@ -424,32 +432,55 @@ def _value_cond(v, value: ValueRange | None) -> list:
     if value.max is not None: conds.append(v <= value.max)
     return conds
 
-def _scan_events(cdm, records: ibis.Table, domain: str, ids: list[int], leaves: list[tuple[int, Criterion]],
-                 exit_: bool, dialect: str) -> ibis.Table:
-    """One join of the records with the events of one concept set in one domain, aggregated per record
-    (person_id, index_date): for each leaf `_c<i>`, its events in the record's observation period and window; with
-    `exit_`, `_x`, the earliest event on or after the index date in the period (the exit event)."""
-    table, concept_col, date_col, value_col = DOMAINS[domain]
-    t = cdm[table]
-    t = t.filter(t[concept_col].isin(ids))
-    cols = dict(person_id=t.person_id, event_date=t[date_col].cast("date"))
-    if value_col and any(c.value is not None for _, c in leaves): cols["value"] = t[value_col]
-    ev = t.select(**cols)
-    # the join condition keeps only events in the period and in the union of the leaves' windows (a range join);
-    # each leaf then applies its own window and value range in its count
+def _any(conds: list):
+    "The disjunction of a non-empty list of boolean expressions."
+    out = conds[0]
+    for c in conds[1:]: out |= c
+    return out
+
+def _span(leaves, exit_: bool) -> Window:
+    "The union of the leaves' windows (and, for an exit event, [0, open)) as one window."
     starts = [c.window.start for _, c in leaves] + ([0] if exit_ else [])
     ends = [c.window.end for _, c in leaves] + ([None] if exit_ else [])
-    span = Window(None if None in starts else min(starts), None if None in ends else max(ends))
-    r = records.view()   # a distinct reference, so ibis emits `records` once as a CTE instead of inlining it
-    lo = r.op_start if span.start is None else ibis.greatest(r.op_start, _add_days(dialect, r.index_date, span.start))
-    hi = r.op_end if span.end is None else ibis.least(r.op_end, _add_days(dialect, r.index_date, span.end))
-    j = r.join(ev, [r.person_id == ev.person_id, ev.event_date >= lo, ev.event_date <= hi])
+    return Window(None if None in starts else min(starts), None if None in ends else max(ends))
+
+def _scan_all(cdm, records: ibis.Table, groups: dict, ids: dict, exit_key, dialect: str) -> ibis.Table:
+    """One join of the records with the events of every (domain, concept set) group, aggregated per record
+    (person_id, index_date): for each leaf `_c<i>`, its events in the record's observation period and window; `_x`,
+    the earliest exit event on or after the index date in the period."""
+    many = len(groups) > 1
+    need_value = any(c.value is not None for members in groups.values() for _, c in members)
+    parts = []
+    for g, ((domain, cs), members) in enumerate(groups.items()):
+        table, concept_col, date_col, value_col = DOMAINS[domain]
+        t = cdm[table]
+        t = t.filter(_isin(t[concept_col], ids[cs], dialect))
+        cols = dict(person_id=t.person_id, event_date=t[date_col].cast("date"))
+        if need_value:
+            cols["value"] = (t[value_col] if value_col and any(c.value is not None for _, c in members)
+                             else ibis.null()).cast("float64")
+        if many: cols["_g"] = ibis.literal(g, "int32")
+        parts.append(t.select(**cols))
+    ev = parts[0].union(*parts[1:]) if many else parts[0]
+    # each group's date bounds are computed once per record (not once per event pair), then compared in the join
+    r, spans, bounds = records.view(), [], {}
+    for g, (key, members) in enumerate(groups.items()):
+        span = _span(members, key == exit_key)
+        spans.append(span)
+        bounds[f"_lo{g}"] = r.op_start if span.start is None else ibis.greatest(r.op_start, _add_days(dialect, r.index_date, span.start))
+        bounds[f"_hi{g}"] = r.op_end if span.end is None else ibis.least(r.op_end, _add_days(dialect, r.index_date, span.end))
+    rb = r.select("person_id", "index_date", **bounds)
+    within = [_all(([ev._g == g] if many else []) + [ev.event_date >= rb[f"_lo{g}"], ev.event_date <= rb[f"_hi{g}"]])
+              for g in range(len(groups))]
+    j = rb.join(ev, [rb.person_id == ev.person_id, _any(within)])
     aggs = {}
-    for i, c in leaves:
-        conds = (_window_cond(j, dialect, c.window) if c.window != span else []) \
-                + _value_cond(j.value if "value" in cols else None, c.value)
-        aggs[f"_c{i}"] = j.count(where=_all(conds)) if conds else j.count()
-    if exit_: aggs["_x"] = j.event_date.min(where=j.event_date >= j.index_date)
+    for g, (key, members) in enumerate(groups.items()):
+        mine = [j._g == g] if many else []
+        for i, c in members:
+            conds = mine + (_window_cond(j, dialect, c.window) if c.window != spans[g] else []) \
+                    + _value_cond(j.value if need_value else None, c.value)
+            aggs[f"_c{i}"] = j.count(where=_all(conds)) if conds else j.count()
+        if key == exit_key: aggs["_x"] = j.event_date.min(where=_all(mine + [j.event_date >= j.index_date]))
     return j.group_by(["person_id", "index_date"]).aggregate(**aggs)
 
 # %% ../nbs/05_cohort.ipynb #40c62389
@@ -491,10 +522,15 @@ class CohortResult:
     concept_ids: dict[str, list[int]]
     source: object = None
     cdm: object = None
+    _fetch_sql: str | None = field(default=None, repr=False)   # the cohort table's SQL, compiled while DuckDB worked
 
     def to_pandas(self) -> pd.DataFrame:
         "The cohort table (person_id, cohort_start_date, cohort_end_date) as pandas."
-        df = self.table.to_pandas()
+        if self._fetch_sql is not None:
+            got = self.source.con.execute(self._fetch_sql).arrow()
+            df = (got.read_all() if hasattr(got, "read_all") else got).to_pandas(date_as_object=False)
+            for c in ("cohort_start_date", "cohort_end_date"): df[c] = df[c].astype("datetime64[s]")   # as ibis gives
+        else: df = self.table.to_pandas()
         for c in ("cohort_start_date", "cohort_end_date"): df[c] = pd.to_datetime(df[c])
         return df
 
@@ -530,9 +566,49 @@ def _temp_tables(backend):
     "Stores an intermediate result as a session temp table (never in the source), or keeps the expression if it cannot."
     import uuid
     def store(t):
-        try: return backend.create_table(f"_hb_{uuid.uuid4().hex[:16]}", t, temp=True)
+        name = f"_hb_{uuid.uuid4().hex[:16]}"
+        if backend.name == "duckdb":   # one CREATE ... AS statement, and the table from the known schema (no DESCRIBE)
+            backend.con.execute(f'CREATE TEMP TABLE "{name}" AS {backend.compile(t)}')
+            return _duckdb_temp(backend, name, t.schema())
+        try: return backend.create_table(name, t, temp=True)
         except Exception: return t
     return store
+
+def _duckdb_temp(backend, name: str, schema) -> ibis.Table:
+    "The DuckDB session temp table `name` with the known `schema`, as an ibis table (no catalog query)."
+    import ibis.expr.operations as ops
+    return ops.DatabaseTable(name, schema=schema, source=backend,
+                             namespace=ops.Namespace(catalog="temp", database="main")).to_expr()
+
+class _Background:
+    """Creates DuckDB temp tables in a worker thread, in order, while the caller goes on building and compiling the
+    rest of the query: `store(t)` returns the table at once; leaving the `with` block waits for every statement (and
+    re-raises the first error). The caller must not use the connection until then."""
+    def __init__(self, backend):
+        from concurrent.futures import ThreadPoolExecutor
+        import uuid
+        self.backend, self._uuid, self._pool, self._jobs = backend, uuid, ThreadPoolExecutor(1), []
+    def store(self, t: ibis.Table) -> ibis.Table:
+        "`t` as a temp table, created after the statements before it."
+        name = f"_hb_{self._uuid.uuid4().hex[:16]}"
+        sql = f'CREATE TEMP TABLE "{name}" AS {self.backend.compile(t)}'
+        self._jobs.append(self._pool.submit(self.backend.con.execute, sql))
+        return _duckdb_temp(self.backend, name, t.schema())
+    def row(self, q: ibis.Table):
+        "A future of the single row of `q` as a dict, run after the statements before it."
+        sql, cols, con = self.backend.compile(q), q.columns, self.backend.con
+        job = self._pool.submit(lambda: dict(zip(cols, con.execute(sql).fetchone())))
+        self._jobs.append(job)
+        return job
+    def __enter__(self): return self
+    def __exit__(self, *exc):
+        errors = []
+        for j in self._jobs:
+            try: j.result()
+            except Exception as e: errors.append(e)
+        self._pool.shutdown()
+        if errors and exc[0] is None: raise errors[0]
+        return False
 
 class GenerationCache:
     """Keeps the reusable pieces of `generate` for one CDM between calls — resolved concept sets, the entry events
@@ -641,19 +717,21 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_k
     for i, c in enumerate(leaves): groups.setdefault((c.domain, c.concept_set), []).append((i, c))
     exit_key = (x.domain, x.concept_set) if x.strategy == "event" else None
     if exit_key: groups.setdefault(exit_key, [])
+    if base is None:   # one join of the records with the events of every concept set
+        numbers = {i: i for members in groups.values() for i, _ in members}
+        scans = [(_scan_all(cdm, records, groups, ids, exit_key, dialect), numbers, exit_key is not None)] if groups else []
+    else:   # for later edits: one scan per (entry, concept set, windows), its leaves numbered locally
+        scans = []
+        for key, members in groups.items():
+            local, is_exit = [(k, c) for k, (_, c) in enumerate(members)], key == exit_key
+            skey = ("scan",) + ekey + (key[0], tuple(ids[key[1]]), repr([(c.window, c.value) for _, c in local]), is_exit)
+            scan = cache.table(skey, lambda: _scan_all(cdm, base, {key: local}, ids, key if is_exit else None, dialect))
+            scans.append((scan, {i: k for k, (i, _) in enumerate(members)}, is_exit))
     leaf_counts, exit_date = {}, None
-    for (domain, cs), members in groups.items():
-        is_exit = (domain, cs) == exit_key
-        if base is None:
-            scan = _scan_events(cdm, records, domain, ids[cs], members, is_exit, dialect)
-        else:   # scanned once per (entry, concept set, windows), with local leaf numbers, then renamed
-            local = [(k, c) for k, (_, c) in enumerate(members)]
-            skey = ("scan",) + ekey + (domain, tuple(ids[cs]), repr([(c.window, c.value) for _, c in local]), is_exit)
-            scan = cache.table(skey, lambda: _scan_events(cdm, base, domain, ids[cs], local, is_exit, dialect))
-            scan = scan.rename(**{f"_c{i}": f"_c{k}" for k, (i, _) in enumerate(members)})
+    for scan, numbers, has_exit in scans:
         f = f.left_join(scan, [records.person_id == scan.person_id, records.index_date == scan.index_date])
-        leaf_counts.update({i: scan[f"_c{i}"].fill_null(0) for i, _ in members})
-        if (domain, cs) == exit_key: exit_date = scan._x
+        leaf_counts.update({i: scan[f"_c{k}"].fill_null(0) for i, k in numbers.items()})
+        if has_exit: exit_date = scan._x
     counter = iter([leaf_counts[i] for i in range(len(leaves))])
     for r in cohort.inclusion_rules:
         checks.append(_rule_flag(r.rule, counter)); labels.append((r.name, r.name))
@@ -672,10 +750,8 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_k
         end = inside.ifelse(death._death, records.op_end)
     cols = {"person_id": records.person_id, "index_date": records.index_date, "cohort_end_date": end.cast("date"),
             **{f"_s{i}": c.fill_null(False) for i, c in enumerate(checks)}}
-    if counts:
-        for _, _, q in pre:
-            f = f.cross_join(q)
-            cols.update({c: q[c] for c in q.columns})
+    if counts:   # scalar subqueries, cheaper to build and compile than cross joins
+        for _, _, q in pre: cols.update({c: q[c].as_scalar() for c in q.columns})
     wide = store("wide", f.select(**cols))
     kept = wide.filter(*[wide[f"_s{i}"] for i in range(len(checks))]) if checks else wide
     table = kept.select(person_id=kept.person_id, cohort_start_date=kept.index_date, cohort_end_date=kept.cohort_end_date)
@@ -689,19 +765,22 @@ def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> Cohor
     ids = cache.ids(cohort.concept_sets) if cache is not None else \
         dict(zip([cs.name for cs in cohort.concept_sets], resolve_many(cdm, cohort.concept_sets)))
     dialect = cdm.backend.name
-    # the one-row-per-record table goes to a session temp table, so the attrition and the cohort table read it rather
-    # than recompute it. DuckDB runs it as one statement (entry and records as CTEs of it); elsewhere entry and
-    # records are temp tables too, so SQLite's parser never sees the fully nested query. to_sql() stays one query.
+    # entry, records and the one-row-per-record `wide` table go to session temp tables, so the attrition and the
+    # cohort table read `wide` rather than recompute it (and SQLite's parser never sees the fully nested query).
+    # On DuckDB a worker thread creates them while this thread builds and compiles the next statement, and the
+    # attrition and cohort-table queries are compiled while DuckDB works. to_sql() stays one query.
     temp = _temp_tables(cdm.backend)
-    store = (lambda kind, t: temp(t) if kind == "wide" else t) if dialect == "duckdb" else (lambda kind, t: temp(t))
-    plan = _plan(cdm, cohort, ids, dialect, store=store, counts=True, cache=cache)
-    # the whole attrition in one query: the earlier steps' counts ride on every row of `wide`; later steps are cumulative
-    w, cum, aggs = plan.wide, None, {}
-    for k in range(len(plan.pre_counts)): aggs[f"_p{k}"], aggs[f"_r{k}"] = w[f"_p{k}"].max(), w[f"_r{k}"].max()
-    for i in range(len(plan.step_labels)):
-        cum = w[f"_s{i}"] if cum is None else cum & w[f"_s{i}"]
-        aggs[f"p{i}"], aggs[f"r{i}"] = w.person_id.nunique(where=cum), w.count(where=cum)
-    got = w.aggregate(**aggs).to_pyarrow().to_pylist()[0]
+    fetch_sql = None
+    if dialect == "duckdb" and cache is None:
+        with _Background(cdm.backend) as bg:
+            plan = _plan(cdm, cohort, ids, dialect, store=lambda kind, t: bg.store(t), counts=True)
+            row = bg.row(_attrition_query(plan))
+            fetch_sql = cdm.backend.compile(plan.table)
+        got = row.result()
+    else:
+        store = (lambda kind, t: temp(t) if kind == "wide" else t) if dialect == "duckdb" else (lambda kind, t: temp(t))
+        plan = _plan(cdm, cohort, ids, dialect, store=store, counts=True, cache=cache)
+        got = _one_row(cdm.backend, _attrition_query(plan))
     if got["_p0"] is None:   # no records at all: only the entry step can be non-zero, and it needs its own query
         got.update(plan.pre_counts[0][2].to_pyarrow().to_pylist()[0])
     rows = [{"step": step, "persons": _int(got[f"_p{k}"]), "records": _int(got[f"_r{k}"]), "description": desc}
@@ -712,7 +791,21 @@ def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> Cohor
     att["persons_lost"] = (att.persons.shift(1) - att.persons).fillna(0).astype("int64")
     att["records_lost"] = (att.records.shift(1) - att.records).fillna(0).astype("int64")
     att = att[["step", "persons", "records", "persons_lost", "records_lost", "description"]]
-    return CohortResult(cohort, plan.table, Attrition(att), ids, cdm.backend, cdm)
+    return CohortResult(cohort, plan.table, Attrition(att), ids, cdm.backend, cdm, fetch_sql)
+
+def _attrition_query(plan: _Plan) -> ibis.Table:
+    "One row: the counts of every step. The earlier steps' counts ride on every row of `wide`; later steps are cumulative."
+    w, cum, aggs = plan.wide, None, {}
+    for k in range(len(plan.pre_counts)): aggs[f"_p{k}"], aggs[f"_r{k}"] = w[f"_p{k}"].max(), w[f"_r{k}"].max()
+    for i in range(len(plan.step_labels)):
+        cum = w[f"_s{i}"] if cum is None else cum & w[f"_s{i}"]
+        aggs[f"p{i}"], aggs[f"r{i}"] = w.person_id.nunique(where=cum), w.count(where=cum)
+    return w.aggregate(**aggs)
+
+def _one_row(backend, q: ibis.Table) -> dict:
+    "The single row of `q` as a dict (on DuckDB straight from the cursor)."
+    if backend.name == "duckdb": return dict(zip(q.columns, backend.con.execute(backend.compile(q)).fetchone()))
+    return q.to_pyarrow().to_pylist()[0]
 
 def _leaves(rules) -> list[Criterion]:
     "Criteria of `rules` in depth-first order."

@@ -85,20 +85,27 @@ def resolve(cdm, cs: ConceptSet) -> list[int]:
 
 # %% ../nbs/04_concepts.ipynb #0eb3cc68
 def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
-    "`resolve` for each concept set of `sets`, in order, batching the vocabulary queries."
+    "`resolve` for each concept set of `sets`, in order: one vocabulary query (one more per vocabulary of codes)."
     concept, anc = cdm.concept, cdm.concept_ancestor
-    all_ids = sorted({i for cs in sets for i in cs.include} | {i for cs in sets for i in cs.exclude})
-    known = set(int(i) for i in concept.filter(concept.concept_id.isin(all_ids)).concept_id.to_pandas()) if all_ids else set()
+    all_ids = {i for cs in sets for i in cs.include} | {i for cs in sets for i in cs.exclude}
     by_code = {}
     for vocab in sorted({v for cs in sets for v in cs.codes}):
         codes = sorted({c for cs in sets for c in cs.codes.get(vocab, [])})
-        hit = concept.filter((concept.vocabulary_id == vocab) & concept.concept_code.isin(codes)).select("concept_id", "concept_code").to_pandas()
-        by_code[vocab] = dict(zip(hit.concept_code.astype(str), hit.concept_id.astype(int)))
-    roots = set(all_ids) | {i for m in by_code.values() for i in m.values()}
-    desc: dict[int, set[int]] = {}
-    if roots and any(cs.descendants for cs in sets):
-        rows = anc.filter(anc.ancestor_concept_id.isin(sorted(roots))).select("ancestor_concept_id", "descendant_concept_id").to_pandas()
-        for a, d in zip(rows.ancestor_concept_id.astype(int), rows.descendant_concept_id.astype(int)): desc.setdefault(a, set()).add(d)
+        hit = concept.filter((concept.vocabulary_id == vocab) & concept.concept_code.isin(codes))
+        hit = hit.select("concept_id", "concept_code").to_pyarrow().to_pydict()
+        by_code[vocab] = {str(c): int(i) for i, c in zip(hit["concept_id"], hit["concept_code"])}
+    roots = sorted(all_ids | {i for m in by_code.values() for i in m.values()})
+    # the known roots (rows with no descendant) and, if any set wants them, every root's descendants, in one query
+    known, desc = set(), {}
+    if roots:
+        q = concept.filter(concept.concept_id.isin(roots)).select(_a=concept.concept_id.cast("int64"), _d=ibis.null("int64"))
+        if any(cs.descendants for cs in sets):
+            a = anc.filter(anc.ancestor_concept_id.isin(roots))
+            q = q.union(a.select(_a=a.ancestor_concept_id.cast("int64"), _d=a.descendant_concept_id.cast("int64")))
+        got = q.to_pyarrow().to_pydict()
+        for a_, d in zip(got["_a"], got["_d"]):
+            if d is None: known.add(int(a_))
+            else: desc.setdefault(int(a_), set()).add(int(d))
     expand = lambda ids, on: set(ids) | ({d for i in ids for d in desc.get(i, ())} if on else set())
     out = []
     for cs in sets:
