@@ -6,6 +6,7 @@ Docs: https://github.com/healthbench/healthbench/explain.html.md"""
 
 # %% ../nbs/11_explain.ipynb #1773f1bb
 from __future__ import annotations
+import warnings
 from math import factorial
 
 import numpy as np
@@ -195,23 +196,34 @@ def _leaf_shapley(o: np.ndarray, z: np.ndarray, v: float) -> np.ndarray:
     Q = np.where(o.T[:, :, None] > 0, Q, C[None, :, :d] / z[:, None, None])
     return v * (o.T - z[:, None]) * (Q @ _shapley_weights(d))
 
+class _Rows:
+    "Rows of a matrix, transposed once, for the bit patterns of tree paths."
+    def __init__(self, X: np.ndarray):
+        self.T = np.ascontiguousarray(X.T, dtype=float)
+        self.nan = np.isnan(self.T); self.has_nan = self.nan.any(1)
+        n = self.T.shape[1]
+        self._inside, self._below = np.empty(n, bool), np.empty(n, bool)
+
+    def codes(self, fs, lo, hi, nan_ok) -> np.ndarray:
+        "Bit j of each row's code: does the row satisfy the path's interval on feature fs[j] (missing: its default way)?"
+        code, inside, below = np.zeros(self.T.shape[1], np.int64), self._inside, self._below
+        for j in range(len(fs)):
+            x = self.T[fs[j]]
+            np.greater(x, lo[j], out=inside); np.less_equal(x, hi[j], out=below); inside &= below
+            if nan_ok[j] and self.has_nan[fs[j]]: inside |= self.nan[fs[j]]
+            code += inside.astype(np.int64) << j
+        return code
+
 def _leafwise_tree_shap(leaves: list[tuple], X: np.ndarray) -> tuple[np.ndarray, float]:
     "Exact path-dependent TreeSHAP values (n, p) and expected value, one leaf at a time over all rows at once."
     n, p = X.shape
-    XT = np.ascontiguousarray(X.T, dtype=float)
-    nanT = np.isnan(XT); has_nan = nanT.any(1)
+    R = _Rows(X)
     phiT, base = np.zeros((p, n)), 0.0
-    code, inside, below = np.empty(n, np.int64), np.empty(n, bool), np.empty(n, bool)
     for v, fs, lo, hi, nan_ok, z in leaves:
         base += v * np.prod(z)
         d = len(fs)
         if d == 0: continue
-        code[:] = 0
-        for j in range(d):                               # bit j: does the row agree with the path on feature j?
-            x = XT[fs[j]]
-            np.greater(x, lo[j], out=inside); np.less_equal(x, hi[j], out=below); inside &= below
-            if nan_ok[j] and has_nan[fs[j]]: inside |= nanT[fs[j]]
-            code += inside.astype(np.int64) << j
+        code = R.codes(fs, lo, hi, nan_ok)
         seen = np.zeros(2 ** d, bool); seen[code] = True
         patterns = np.flatnonzero(seen)                  # only the patterns some row has
         table = _leaf_shapley(((patterns[:, None] >> np.arange(d)) & 1).astype(float), z, v)
@@ -251,6 +263,46 @@ def _permutation_shap(f, Z: np.ndarray, Zb: np.ndarray, seed: int) -> tuple[np.n
     ex = shap.PermutationExplainer(f, masker, seed=seed)
     e = ex(Z, max_evals=max(500, 2 * Z.shape[1] + 1), silent=True)
     return np.asarray(e.values), np.asarray(e.base_values, float).reshape(len(Z))
+
+# %% ../nbs/11_explain.ipynb #intvcode01
+def _leafwise_interventional_shap(leaves: list[tuple], X: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, float]:
+    "Exact interventional TreeSHAP values (n, p) against background rows `B`, and the mean output over `B`."
+    n, p = X.shape
+    RX, RB = _Rows(X), _Rows(B)
+    d_max = max((len(leaf[1]) for leaf in leaves), default=0)
+    fact = np.array([float(factorial(k)) for k in range(d_max + 1)])
+    phiT, base = np.zeros((p, n)), 0.0
+    for v, fs, lo, hi, nan_ok, _ in leaves:
+        d = len(fs)
+        if d == 0: base += v; continue
+        full = (1 << d) - 1
+        ux, inv = np.unique(RX.codes(fs, lo, hi, nan_ok), return_inverse=True)
+        ub, count = np.unique(RB.codes(fs, lo, hi, nan_ok), return_counts=True)
+        share = count / len(B)
+        base += v * share[ub == full].sum()
+        only_x, only_b = ux[:, None] & ~ub[None, :], ub[None, :] & ~ux[:, None]     # (patterns of x, patterns of b)
+        reach = (ux[:, None] | ub[None, :]) == full
+        a = sum((only_x >> j) & 1 for j in range(d)); b = sum((only_b >> j) & 1 for j in range(d))
+        w_x = np.where(reach & (a > 0), fact[np.maximum(a - 1, 0)] * fact[b] / fact[a + b], 0.0) * share
+        w_b = np.where(reach & (b > 0), fact[a] * fact[np.maximum(b - 1, 0)] / fact[a + b], 0.0) * share
+        for j in range(d):
+            phi = v * ((((only_x >> j) & 1) * w_x).sum(1) - (((only_b >> j) & 1) * w_b).sum(1))
+            phiT[fs[j]] += phi[inv]
+    return phiT.T, base
+
+def _interventional_tree_shap(est, Z: np.ndarray, Zb: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    "Exact interventional TreeSHAP of a scikit-learn tree model against the background matrix `Zb`."
+    trees, offset, float32 = _tree_arrays(est)
+    name = type(est).__name__
+    if name.startswith("HistGradientBoosting") or sum(int((t["left"] < 0).sum()) for t in trees) <= MAX_LEAVES:
+        cast = (lambda A: A.astype(np.float32).astype(float)) if float32 else (lambda A: A.astype(float))
+        if name.startswith("GradientBoosting"): offset = float(np.ravel(est._raw_predict_init(Z[:1]))[0])
+        values, base = _leafwise_interventional_shap([leaf for t in trees for leaf in _leaves(t)], cast(Z), cast(Zb))
+        return values, np.full(len(Z), base + offset), "healthbench leafwise TreeSHAP (interventional)"
+    ex = shap.TreeExplainer(est, data=Zb, feature_perturbation="interventional", model_output="raw")
+    values, base = np.asarray(ex.shap_values(Z, check_additivity=False)), np.ravel(ex.expected_value)
+    if values.ndim == 3: values, base = values[..., 1], base[1:]
+    return values, np.full(len(Z), float(base[-1])), "shap.TreeExplainer (interventional)"
 
 # %% ../nbs/11_explain.ipynb #2917cbb0
 class AdditivityError(HealthbenchError):
@@ -313,14 +365,15 @@ def explain(model, X, background=None, *, method: str = "auto", check_additivity
         B = X
     if kind == "permutation" or (kind == "tree" and background is not None):
         if len(B) > max_background: B = B.sample(max_background, random_state=seed)
-    scale, f = _output(est)
+    scale, f_model = _output(est)
+    def f(Z):   # the model sees the transformed matrix, without the column names a bare estimator was fitted with
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            return f_model(Z)
     if kind == "tree" and background is None:
         values, base, engine = _tree_shap(est, Z)
     elif kind == "tree":
-        ex = shap.TreeExplainer(est, data=to_model(B), feature_perturbation="interventional", model_output="raw")
-        values, base = np.asarray(ex.shap_values(Z, check_additivity=False)), np.ravel(ex.expected_value)
-        if values.ndim == 3: values, base = values[..., 1], base[1:]
-        base, engine = np.full(len(Z), float(base[-1])), "shap.TreeExplainer (interventional)"
+        values, base, engine = _interventional_tree_shap(est, Z, to_model(B))
     elif kind == "linear":
         (values, base), engine = _linear_shap(est, Z, to_model(B)), "healthbench exact linear SHAP"
     else:
