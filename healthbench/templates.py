@@ -178,6 +178,24 @@ def kernel_name() -> str:
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(d)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
     return name
 
+@functools.cache
+def _kernel_manager_class():
+    """On POSIX, kernels that talk to papermill over IPC sockets in a private folder instead of TCP on localhost (ipykernel
+    7 warns on every start that TCP is unencrypted); None (jupyter_client's TCP default) elsewhere."""
+    import os, uuid
+    if os.name != "posix": return None
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+    folder = tempfile.mkdtemp(prefix="hb-ipc-")   # absolute: the kernel runs in the run folder, the client here
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _default_transport(self): return "ipc"
+
+        @default("ip")
+        def _default_ip(self): return os.path.join(folder, uuid.uuid4().hex[:12])
+    return IPCKernelManager
+
 def _is_start_race(e: BaseException) -> bool:
     s = f"{type(e).__name__}: {e}"
     return any(m in s for m in ("Kernel died before replying", "DeadKernelError", "kernel_info", "Kernel didn't respond"))
@@ -191,7 +209,8 @@ def _execute(path: Path, out_nb: Path, params: dict, cwd: Path, timeout: int, st
             return papermill.execute_notebook(str(path), str(out_nb), parameters=params, kernel_name=kernel_name(), language="python",
                                               progress_bar=progress, start_timeout=start_timeout,
                                               execution_timeout=timeout, store_widget_state=False,
-                                              resources={"metadata": {"path": str(cwd)}})
+                                              resources={"metadata": {"path": str(cwd)}},
+                                              **({"kernel_manager_class": _kernel_manager_class()} if _kernel_manager_class() else {}))
         except Exception as e:
             if attempt == 1 and _is_start_race(e): time.sleep(1.0); continue
             raise
