@@ -562,23 +562,28 @@ class _Plan:
 
 def _keep(kind: str, t): return t
 
+def _temp_name() -> str:
+    import uuid
+    return f"_hb_{uuid.uuid4().hex[:16]}"
+
+def _duckdb_temp(backend, t: ibis.Table) -> tuple[str, ibis.Table]:
+    "The statement that stores `t` as a DuckDB session temp table, and that table from `t`'s schema (no catalog query)."
+    import ibis.expr.operations as ops
+    name = _temp_name()
+    table = ops.DatabaseTable(name, schema=t.schema(), source=backend,
+                              namespace=ops.Namespace(catalog="temp", database="main")).to_expr()
+    return f'CREATE TEMP TABLE "{name}" AS {backend.compile(t)}', table
+
 def _temp_tables(backend):
     "Stores an intermediate result as a session temp table (never in the source), or keeps the expression if it cannot."
-    import uuid
     def store(t):
-        name = f"_hb_{uuid.uuid4().hex[:16]}"
-        if backend.name == "duckdb":   # one CREATE ... AS statement, and the table from the known schema (no DESCRIBE)
-            backend.con.execute(f'CREATE TEMP TABLE "{name}" AS {backend.compile(t)}')
-            return _duckdb_temp(backend, name, t.schema())
-        try: return backend.create_table(name, t, temp=True)
+        if backend.name == "duckdb":   # one CREATE ... AS statement
+            sql, table = _duckdb_temp(backend, t)
+            backend.con.execute(sql)
+            return table
+        try: return backend.create_table(_temp_name(), t, temp=True)
         except Exception: return t
     return store
-
-def _duckdb_temp(backend, name: str, schema) -> ibis.Table:
-    "The DuckDB session temp table `name` with the known `schema`, as an ibis table (no catalog query)."
-    import ibis.expr.operations as ops
-    return ops.DatabaseTable(name, schema=schema, source=backend,
-                             namespace=ops.Namespace(catalog="temp", database="main")).to_expr()
 
 class _Background:
     """Creates DuckDB temp tables in a worker thread, in order, while the caller goes on building and compiling the
@@ -586,14 +591,12 @@ class _Background:
     re-raises the first error). The caller must not use the connection until then."""
     def __init__(self, backend):
         from concurrent.futures import ThreadPoolExecutor
-        import uuid
-        self.backend, self._uuid, self._pool, self._jobs = backend, uuid, ThreadPoolExecutor(1), []
+        self.backend, self._pool, self._jobs = backend, ThreadPoolExecutor(1), []
     def store(self, t: ibis.Table) -> ibis.Table:
         "`t` as a temp table, created after the statements before it."
-        name = f"_hb_{self._uuid.uuid4().hex[:16]}"
-        sql = f'CREATE TEMP TABLE "{name}" AS {self.backend.compile(t)}'
+        sql, table = _duckdb_temp(self.backend, t)
         self._jobs.append(self._pool.submit(self.backend.con.execute, sql))
-        return _duckdb_temp(self.backend, name, t.schema())
+        return table
     def row(self, q: ibis.Table):
         "A future of the single row of `q` as a dict, run after the statements before it."
         sql, cols, con = self.backend.compile(q), q.columns, self.backend.con
@@ -769,7 +772,6 @@ def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> Cohor
     # cohort table read `wide` rather than recompute it (and SQLite's parser never sees the fully nested query).
     # On DuckDB a worker thread creates them while this thread builds and compiles the next statement, and the
     # attrition and cohort-table queries are compiled while DuckDB works. to_sql() stays one query.
-    temp = _temp_tables(cdm.backend)
     fetch_sql = None
     if dialect == "duckdb" and cache is None:
         with _Background(cdm.backend) as bg:
@@ -778,6 +780,7 @@ def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> Cohor
             fetch_sql = cdm.backend.compile(plan.table)
         got = row.result()
     else:
+        temp = _temp_tables(cdm.backend)
         store = (lambda kind, t: temp(t) if kind == "wide" else t) if dialect == "duckdb" else (lambda kind, t: temp(t))
         plan = _plan(cdm, cohort, ids, dialect, store=store, counts=True, cache=cache)
         got = _one_row(cdm.backend, _attrition_query(plan))

@@ -52,12 +52,6 @@ def concept_set(name: str, *ids: int, descendants: bool = True, exclude=(), on_u
     return ConceptSet(name, include=list(ids), descendants=descendants, exclude=list(exclude), on_unknown=on_unknown)
 
 # %% ../nbs/04_concepts.ipynb #23aefe91
-def _descendants(cdm, ids: list[int]) -> set[int]:
-    if not ids: return set()
-    anc = cdm.concept_ancestor
-    got = anc.filter(anc.ancestor_concept_id.isin(ids)).descendant_concept_id.to_pandas()
-    return set(int(i) for i in got) | set(ids)
-
 def _unknown(kind: str, cs: ConceptSet, missing: list):
     if not missing: return
     msg = f"concept set {cs.name!r}: {len(missing)} {kind} not in this CDM's vocabulary: {missing[:20]}" + (" …" if len(missing) > 20 else "")
@@ -67,21 +61,7 @@ def _unknown(kind: str, cs: ConceptSet, missing: list):
 
 def resolve(cdm, cs: ConceptSet) -> list[int]:
     "The concept ids `cs` stands for in `cdm`'s vocabulary (descendants expanded, exclusions removed)."
-    concept = cdm.concept
-    ids = set()
-    if cs.include:
-        known = set(int(i) for i in concept.filter(concept.concept_id.isin(cs.include)).concept_id.to_pandas())
-        _unknown("concept ids", cs, sorted(set(cs.include) - known))
-        ids |= known
-    for vocab, codes in cs.codes.items():
-        hit = concept.filter((concept.vocabulary_id == vocab) & concept.concept_code.isin(codes)).select("concept_id", "concept_code").to_pandas()
-        _unknown(f"{vocab} codes", cs, sorted(set(codes) - set(hit.concept_code.astype(str))))
-        ids |= set(int(i) for i in hit.concept_id)
-    if cs.descendants: ids = _descendants(cdm, sorted(ids))
-    drop = _descendants(cdm, cs.exclude) if cs.descendants else set(cs.exclude)
-    out = sorted(ids - drop)
-    if not out: raise ConceptError(f"concept set {cs.name!r} resolves to no concepts in this CDM", unknown=[])
-    return out
+    return resolve_many(cdm, [cs])[0]
 
 # %% ../nbs/04_concepts.ipynb #0eb3cc68
 def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:

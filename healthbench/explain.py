@@ -122,8 +122,10 @@ def _output(est) -> tuple[str, callable]:
     return "prediction", lambda Z: np.ravel(est.predict(Z))
 
 # %% ../nbs/11_explain.ipynb #7778fb78
-def _tree_arrays(est) -> tuple[list[dict], float, bool]:
-    "The trees of a fitted scikit-learn tree model as arrays, the constant offset, and whether it compares float32 inputs."
+def _tree_arrays(est, Z: np.ndarray) -> tuple[list[dict], float, callable]:
+    """The trees of a fitted scikit-learn tree model as arrays, the constant added to their sum (for gradient boosting
+    its initial prediction, at the first row of the input matrix `Z`), and a function giving a matrix as the trees
+    compare it (float32 for scikit-learn's trees)."""
     name = type(est).__name__
     if name.startswith("HistGradientBoosting"):
         trees = []
@@ -135,10 +137,11 @@ def _tree_arrays(est) -> tuple[list[dict], float, bool]:
                               feature=nd["feature_idx"].astype(np.int64), threshold=nd["num_threshold"],
                               nan_left=nd["missing_go_to_left"].astype(bool), cover=nd["count"].astype(float),
                               value=nd["value"].astype(float)))
-        return trees, float(np.ravel(est._baseline_prediction)[0]), False
+        return trees, float(np.ravel(est._baseline_prediction)[0]), lambda A: A.astype(float)
+    offset = 0.0
     if name.startswith("GradientBoosting"):
         fitted = [(t.tree_, est.learning_rate * t.tree_.value[:, 0, 0]) for t in est.estimators_[:, 0]]
-        offset = None
+        offset = float(np.ravel(est._raw_predict_init(Z[:1]))[0])
     elif name.startswith("DecisionTree"):
         fitted = [(est.tree_, None)]
     else:
@@ -151,7 +154,7 @@ def _tree_arrays(est) -> tuple[list[dict], float, bool]:
                           feature=tree.feature.astype(np.int64), threshold=tree.threshold,
                           nan_left=np.asarray(getattr(tree, "missing_go_to_left", np.ones(tree.node_count)), bool),
                           cover=tree.weighted_n_node_samples.astype(float), value=np.asarray(value, float)))
-    return trees, 0.0, True
+    return trees, offset, lambda A: A.astype(np.float32).astype(float)
 
 def _leaves(t: dict) -> list[tuple]:
     "Each leaf of a tree as (value, features on its path, lower and upper bounds, NaN agrees, zero fraction)."
@@ -236,14 +239,11 @@ MAX_LEAVES, MAX_PATH_FEATURES = 50_000, 20   # beyond these, shap's C++ TreeSHAP
 
 def _tree_shap(est, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     "Exact path-dependent TreeSHAP of a scikit-learn tree model on its input matrix: values, base values, engine."
-    trees, offset, float32 = _tree_arrays(est)
+    trees, offset, as_compared = _tree_arrays(est, Z)
     n_leaves = sum(int((t["left"] < 0).sum()) for t in trees)
     leaves = [leaf for t in trees for leaf in _leaves(t)] if n_leaves <= MAX_LEAVES else None
     if leaves is not None and max(len(l[1]) for l in leaves) <= MAX_PATH_FEATURES:
-        X = Z.astype(np.float32).astype(float) if float32 else Z.astype(float)
-        if type(est).__name__.startswith("GradientBoosting"):
-            offset = float(np.ravel(est._raw_predict_init(Z[:1]))[0])
-        values, base = _leafwise_tree_shap(leaves, X)
+        values, base = _leafwise_tree_shap(leaves, as_compared(Z))
         return values, np.full(len(Z), base + offset), "healthbench leafwise TreeSHAP (path-dependent)"
     ex = shap.TreeExplainer(est, feature_perturbation="tree_path_dependent", model_output="raw")
     values = np.asarray(ex.shap_values(Z, check_additivity=False))
@@ -292,12 +292,10 @@ def _leafwise_interventional_shap(leaves: list[tuple], X: np.ndarray, B: np.ndar
 
 def _interventional_tree_shap(est, Z: np.ndarray, Zb: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
     "Exact interventional TreeSHAP of a scikit-learn tree model against the background matrix `Zb`."
-    trees, offset, float32 = _tree_arrays(est)
-    name = type(est).__name__
-    if name.startswith("HistGradientBoosting") or sum(int((t["left"] < 0).sum()) for t in trees) <= MAX_LEAVES:
-        cast = (lambda A: A.astype(np.float32).astype(float)) if float32 else (lambda A: A.astype(float))
-        if name.startswith("GradientBoosting"): offset = float(np.ravel(est._raw_predict_init(Z[:1]))[0])
-        values, base = _leafwise_interventional_shap([leaf for t in trees for leaf in _leaves(t)], cast(Z), cast(Zb))
+    trees, offset, as_compared = _tree_arrays(est, Z)
+    if type(est).__name__.startswith("HistGradientBoosting") or sum(int((t["left"] < 0).sum()) for t in trees) <= MAX_LEAVES:
+        leaves = [leaf for t in trees for leaf in _leaves(t)]
+        values, base = _leafwise_interventional_shap(leaves, as_compared(Z), as_compared(Zb))
         return values, np.full(len(Z), base + offset), "healthbench leafwise TreeSHAP (interventional)"
     ex = shap.TreeExplainer(est, data=Zb, feature_perturbation="interventional", model_output="raw")
     values, base = np.asarray(ex.shap_values(Z, check_additivity=False)), np.ravel(ex.expected_value)

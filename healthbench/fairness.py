@@ -119,11 +119,6 @@ def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray
         lo, hi = np.nanpercentile(reps, [100 * alpha / 2, 100 * (1 - alpha / 2)], axis=0)
     return lo, hi
 
-def _bootstrap(y, p, yhat, n_boot: int, alpha: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    "Percentile CIs (lo, hi per metric) from `n_boot` resamples, with replacement, of these people."
-    if n_boot == 0: return np.full(len(METRICS), math.nan), np.full(len(METRICS), math.nan)
-    return _percentiles(_replicates(y, p, yhat, rng.integers(0, len(y), size=(n_boot, len(y)))), alpha)
-
 # %% ../nbs/12_fairness.ipynb #e9e3fd22
 def _check_options(threshold, n_boot, seed, rules) -> Rules:
     "The rules to apply, after checking threshold, n_boot and seed (each error names the argument)."
@@ -170,7 +165,7 @@ def subgroup_report(y, p, groups, threshold: float = 0.5, *, n_boot: int = 200, 
             r.update(citl=c["citl"], cal_intercept=c["intercept"], cal_slope=c["slope"], oe=c["oe"])
     # row i resamples its own people from the stream [seed, i]; a variable's resample r of everyone is the union of
     # its levels' resamples r (suppressed levels included), so a difference to overall is taken within one resample
-    ratio_cols = [METRICS.index(k) for k in RATIO_METRICS]
+    ratio_at = [METRICS.index(k) for k in RATIO_METRICS]
     for var in blocks if n_boot else []:
         block = [(i, r) for i, r in enumerate(rows) if r["variable"] == var]
         idx, reps = [], {}
@@ -187,22 +182,19 @@ def subgroup_report(y, p, groups, threshold: float = 0.5, *, n_boot: int = 200, 
             if i not in reps: continue
             with np.errstate(all="ignore"):
                 lo, hi = _percentiles(reps[i] - whole, alpha)
-                rlo, rhi = _percentiles(reps[i][:, ratio_cols] / whole[:, ratio_cols], alpha)
+                rlo, rhi = _percentiles(reps[i][:, ratio_at] / whole[:, ratio_at], alpha)
             r.update({f"{k}_diff_lo": v for k, v in zip(METRICS, lo)}, **{f"{k}_diff_hi": v for k, v in zip(METRICS, hi)},
                      **{f"{k}_ratio_lo": v for k, v in zip(RATIO_METRICS, rlo)}, **{f"{k}_ratio_hi": v for k, v in zip(RATIO_METRICS, rhi)})
-    cols = ["variable", "group", "n", "events", "suppressed", "reason"] + [f"{k}{s}" for k in METRICS for s in ("", "_lo", "_hi")]
+    cols = ["variable", "group", "n", "events", "suppressed", "reason"] + [f"{k}{s}" for k in METRICS for s in ("", "_lo", "_hi")] \
+           + [f"{k}_diff{s}" for k in METRICS for s in ("", "_lo", "_hi")] + [f"{k}_ratio{s}" for k in RATIO_METRICS for s in ("", "_lo", "_hi")]
     out = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]).reindex(columns=cols)
     out[cols[6:]] = out[cols[6:]].astype(float)
     if rules.rounding:
         for k in ("n", "events"): out[k] = out[k].map(lambda v: v if pd.isna(v) else _round_half_up(int(v), rules.rounding))
     out[["n", "events"]] = out[["n", "events"]].astype("Int64")
-    overall, extra = out.iloc[0], pd.DataFrame([{k: v for k, v in r.items() if "_diff_" in k or "_ratio_" in k} for r in rows])
-    for k in METRICS:
-        out[f"{k}_diff"] = out[k] - overall[k]
-        for s in ("_lo", "_hi"): out[f"{k}_diff{s}"] = extra.get(f"{k}_diff{s}", pd.Series(math.nan, index=out.index)).astype(float)
-    for k in RATIO_METRICS:
-        out[f"{k}_ratio"] = out[k] / overall[k] if overall[k] != 0 else math.nan
-        for s in ("_lo", "_hi"): out[f"{k}_ratio{s}"] = extra.get(f"{k}_ratio{s}", pd.Series(math.nan, index=out.index)).astype(float)
+    overall = out.iloc[0]
+    for k in METRICS: out[f"{k}_diff"] = out[k] - overall[k]
+    for k in RATIO_METRICS: out[f"{k}_ratio"] = out[k] / overall[k] if overall[k] != 0 else math.nan
     out.attrs.update(threshold=threshold, n_boot=n_boot, alpha=alpha, seed=seed, rules=rules.name,
                      ci=f"{100 * (1 - alpha):g}% percentile bootstrap, {n_boot} resamples of each subgroup; differences "
                         f"and ratios to overall within each resample of the variable's subgroups together")
