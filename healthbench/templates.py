@@ -206,11 +206,11 @@ def _execute(path: Path, out_nb: Path, params: dict, cwd: Path, timeout: int, st
         try:
             # the kernel's working directory is the run folder, set through nbclient's resources rather than
             # papermill's `cwd=`, which chdir()s the whole process and so breaks parallel runs in threads
+            manager = {"kernel_manager_class": _kernel_manager_class()} if _kernel_manager_class() else {}
             return papermill.execute_notebook(str(path), str(out_nb), parameters=params, kernel_name=kernel_name(), language="python",
                                               progress_bar=progress, start_timeout=start_timeout,
                                               execution_timeout=timeout, store_widget_state=False,
-                                              resources={"metadata": {"path": str(cwd)}},
-                                              **({"kernel_manager_class": _kernel_manager_class()} if _kernel_manager_class() else {}))
+                                              resources={"metadata": {"path": str(cwd)}}, **manager)
         except Exception as e:
             if attempt == 1 and _is_start_race(e): time.sleep(1.0); continue
             raise
@@ -265,8 +265,8 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
         nbformat.write(nb, nb_out)
     manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
-    if (run_dir / "notebook.ipynb").exists():
-        try: _html(run_dir / "notebook.ipynb", run_dir / "report.html")
+    if nb_out.exists():
+        try: _html(nb_out, run_dir / "report.html")
         except Exception as e: manifest["html_error"] = f"{type(e).__name__}: {e}"
     prov = run_dir / "provenance.json"
     if prov.exists(): manifest.update(json.loads(prov.read_text()))
