@@ -25,9 +25,9 @@ import pandas as pd
 from .errors import InputError, DisclosureError, RulesError, BundleExistsError
 
 # %% auto #0
-__all__ = ['MARGIN', 'ACRO_VERSION', 'Rules', 'uk_default', 'opensafely', 'display_count', 'CellStats', 'cell_stats',
-           'check_table', 'TableCheck', 'protect', 'SafeTable', 'suppressed', 'rounded', 'crosstab', 'check_survival',
-           'merge_intervals', 'row_level_reasons', 'model_reasons', 'Output', 'Session', 'finalise', 'verify_bundle']
+__all__ = ['MARGIN', 'Rules', 'uk_default', 'opensafely', 'display_count', 'CellStats', 'cell_stats', 'check_table', 'TableCheck',
+           'intervals', 'protect_cells', 'protect', 'SafeTable', 'suppressed', 'rounded', 'crosstab', 'check_survival',
+           'merge_intervals']
 
 # %% ../nbs/07_disclosure.ipynb #99a462e6
 _PRESETS = {
@@ -48,17 +48,20 @@ class Rules:
     max_rows: int = 1000           # an exported table with more rows looks like row-level data
     allow_row_level: bool = False  # True only where the TRE permits person-level outputs
     check_missing: bool = False    # cells with missing values go to review (ACRO's check_missing_values)
+    protection: bool = True        # a hidden small count's feasible interval must be >= threshold wide (False: only not exact)
+    significant_figures: int = 3   # statistics (rates, percentages, means, net benefit, ...) are published to this precision
+    max_terms: int = 500           # a model table with more rows than this is not a coefficient table
     name: str = "custom"
 
     def __post_init__(self):
         problems = []
         def need(ok, msg):
             if not ok: problems.append(msg)
-        for f in ("threshold", "nk_n", "min_dof", "max_rows"):
+        for f in ("threshold", "nk_n", "min_dof", "max_rows", "max_terms"):
             v = getattr(self, f)
             need(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= (0 if f == "min_dof" else 1),
                  f"{f} must be a whole number >= {0 if f == 'min_dof' else 1}; got {v!r}")
-        for f in ("zeros_disclosive", "allow_row_level", "check_missing"):
+        for f in ("zeros_disclosive", "allow_row_level", "check_missing", "protection"):
             need(isinstance(getattr(self, f), bool), f"{f} must be true or false; got {getattr(self, f)!r}")
         need(self.rounding is None or (isinstance(self.rounding, int) and not isinstance(self.rounding, bool)
                                        and self.rounding >= 2),
@@ -66,6 +69,8 @@ class Rules:
         need(isinstance(self.nk_k, (int, float)) and 0 < self.nk_k <= 1, f"nk_k must be in (0, 1]; got {self.nk_k!r}")
         need(isinstance(self.p_ratio, (int, float)) and 0 <= self.p_ratio < 1,
              f"p_ratio must be in [0, 1); got {self.p_ratio!r}")
+        need(isinstance(self.significant_figures, int) and not isinstance(self.significant_figures, bool)
+             and 1 <= self.significant_figures <= 15, f"significant_figures must be a whole number from 1 to 15; got {self.significant_figures!r}")
         need(isinstance(self.name, str), f"name must be text; got {self.name!r}")
         if problems: raise RulesError("invalid disclosure rules: " + "; ".join(problems))
 
@@ -109,7 +114,12 @@ def opensafely() -> Rules:
 def display_count(n: int | float | None, rules: Rules | None = None) -> str:
     "A count as it may be shown on screen: '<threshold' when small (or zero, if zeros are disclosive), else rounded."
     rules = rules or uk_default()
-    if n is None or (isinstance(n, float) and math.isnan(n)): return "–"
+    if not isinstance(rules, Rules): raise InputError(f"rules must be a Rules value; got {type(rules).__name__}")
+    if n is None or (isinstance(n, float) and math.isnan(n)) or n is pd.NA: return "–"
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, float, np.integer, np.floating)):
+        raise InputError(f"a count must be a whole number; got {n!r} ({type(n).__name__})")
+    if not math.isfinite(n) or n != math.floor(n):
+        raise InputError(f"a count must be a finite whole number; got {n!r}")
     n = int(n)
     if n < 0: raise InputError(f"a count cannot be negative; got {n}")
     if n < rules.threshold and (n > 0 or rules.zeros_disclosive): return f"<{rules.threshold}"
@@ -312,7 +322,7 @@ def _margins(df: pd.DataFrame) -> tuple[bool, bool]:
     return R > 1 and _is_margin(df.index[-1]), C > 1 and _is_margin(df.columns[-1])
 
 def _equations(df: pd.DataFrame, relations: list | None = None) -> list[tuple[list, tuple]]:
-    "Additive relations: pandas-style margins, plus `relations` (row labels that add up to a total row, per column)."
+    "Additive relations between positions: pandas-style margins, plus `relations` (row labels that add up to a total row, per column)."
     R, C = df.shape
     has_row, has_col = _margins(df)
     inner_r = range(R - 1 if has_row else R)
@@ -327,70 +337,110 @@ def _equations(df: pd.DataFrame, relations: list | None = None) -> list[tuple[li
         eqs += [([(pos[m], j) for m in members], (pos[total], j)) for j in range(C)]
     return eqs
 
-def _ranges(values: np.ndarray, hidden: np.ndarray, eqs: list) -> dict[tuple, tuple[float, float]]:
-    "For each hidden cell, the (min, max) it could take given the published cells, the equations and values >= 0."
-    from scipy.optimize import linprog
-    cells = [tuple(int(x) for x in c) for c in zip(*np.nonzero(hidden))]
-    var = {c: k for k, c in enumerate(cells)}
+def _linear_system(values: dict, unknown: list, eqs: list) -> tuple[np.ndarray, np.ndarray]:
+    "The equations `sum(members) = total` as A x = b in the unknown cells (known cells moved to b)."
+    pos = {c: k for k, c in enumerate(unknown)}
     A, b = [], []
     for members, total in eqs:
-        row, rhs = np.zeros(len(cells)), 0.0
+        row, rhs = np.zeros(len(unknown)), 0.0
         for c in members:
-            if c in var: row[var[c]] += 1
+            if c in pos: row[pos[c]] += 1
             else: rhs -= values[c]
-        if total in var: row[var[total]] -= 1
+        if total in pos: row[pos[total]] -= 1
         else: rhs += values[total]
         if row.any(): A.append(row); b.append(rhs)
-    out = {}
-    for c, k in var.items():
-        if not A or not any(r[k] for r in A):
-            out[c] = (0.0, math.inf); continue
+    return np.array(A).reshape(len(A), len(unknown)), np.array(b)
+
+def _components(unknown: set, eqs: list) -> dict:
+    "Each unknown cell's connected component: the unknown cells linked to it through shared equations."
+    parent = {c: c for c in unknown}
+    def root(c):
+        while parent[c] != c: parent[c] = parent[parent[c]]; c = parent[c]
+        return c
+    for members, total in eqs:
+        cells = [c for c in list(members) + [total] if c in unknown]
+        for c in cells[1:]: parent[root(c)] = root(cells[0])
+    groups = {}
+    for c in unknown: groups.setdefault(root(c), []).append(c)
+    return {c: groups[root(c)] for c in unknown}
+
+def intervals(values: dict, unknown, eqs: list, targets=None) -> dict:
+    "For each target cell (default: every unknown one), the (min, max) it can take given the known cells' values, the equations and counts >= 0."
+    from scipy.optimize import linprog
+    unknown = set(unknown)
+    targets = sorted(unknown, key=repr) if targets is None else [t for t in targets if t in unknown]
+    comp, out, systems = _components(unknown, eqs), {}, {}
+    for t in targets:
+        key = id(comp[t])
+        if key not in systems:
+            cells = sorted(comp[t], key=repr)
+            members = set(cells)
+            sub = [e for e in eqs if any(c in members for c in list(e[0]) + [e[1]])]
+            systems[key] = (cells, *_linear_system(values, cells, sub))
+        cells, A, b = systems[key]
+        if len(A) == 0: out[t] = (0.0, math.inf); continue
+        k = cells.index(t)
         lo_hi = []
         for sign in (1, -1):
             obj = np.zeros(len(cells)); obj[k] = sign
-            res = linprog(obj, A_eq=np.array(A), b_eq=np.array(b), bounds=(0, None), method="highs")
-            if res.status == 3: lo_hi.append(math.inf if sign == -1 else 0.0)     # unbounded
+            res = linprog(obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
+            if res.status == 3: lo_hi.append(math.inf if sign == -1 else 0.0)      # unbounded
             elif res.status != 0: raise DisclosureError(f"could not solve the protection problem ({res.message})")
             else: lo_hi.append(sign * res.fun)
-        out[c] = (lo_hi[0], lo_hi[1])
+        out[t] = (lo_hi[0], lo_hi[1])
     return out
 
-def protect(values: pd.DataFrame, primary: pd.DataFrame, relations: list | None = None) -> pd.DataFrame:
-    "Primary plus secondary suppression: a mask under which no hidden cell of `values` is exactly recoverable."
-    v = values.to_numpy(dtype=float)
-    hidden = primary.to_numpy(dtype=bool).copy()
-    eqs = _equations(values, relations)
-    if not eqs or not hidden.any():
-        return pd.DataFrame(hidden, index=values.index, columns=values.columns)
-    R, C = v.shape
-    margin = np.zeros_like(hidden)
-    for _, (i, j) in eqs: margin[i, j] = True
-    totals = {}
-    for _, t in eqs: totals[t] = totals.get(t, 0) + 1
-    def candidate(cell):
-        "The cheapest cell to hide next to `cell`: the smallest non-zero inner cell of its relations, else the margin that is the total of the fewest relations."
-        pool = {c for members, total in eqs if cell in members or cell == total for c in members + [total]}
-        pool = [c for c in pool if not hidden[c]]
-        ranked = sorted((margin[c], totals.get(c, 0), v[c] <= 0, v[c], c) for c in pool)
-        return ranked[0][-1] if ranked else None
-    # quick pass: no relation may have exactly one hidden cell
+def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width: float = 1.0) -> set:
+    "The published cells to hide (the sensitive ones, then secondary ones) so that every sensitive cell's feasible interval is at least `width` wide."
+    published, sensitive = set(published), set(sensitive)
+    hidden = sensitive & published
+    if not sensitive or not eqs: return hidden
+    totals, touching = {}, {}
+    for e in eqs:
+        totals[e[1]] = totals.get(e[1], 0) + 1
+        for c in list(e[0]) + [e[1]]: touching.setdefault(c, []).append(e)
+    unknown = lambda: (set(values) - published) | hidden
+    def rank(x):        # cheapest first: an inner cell, large enough to widen the interval, as small as possible
+        return (totals.get(x, 0), values[x] < width, values[x] <= 0, values[x], repr(x))
+    # quick pass: a sensitive cell that is the only unknown of an equation is pinned by it
     changed = True
     while changed:
         changed = False
         for members, total in eqs:
-            cells = members + [total]
-            if sum(hidden[c] for c in cells) == 1:
-                c = candidate(next(c for c in cells if hidden[c]))
-                if c is not None: hidden[c] = True; changed = True
-    # exact pass: hide more until every hidden cell's feasible range is at least 1 wide
+            cells = list(members) + [total]
+            u = [c for c in cells if c in unknown()]
+            if len(u) == 1 and u[0] in sensitive:
+                pool = sorted((c for c in cells if c in published and c not in hidden), key=rank)
+                if pool: hidden.add(pool[0]); changed = True
+    # exact pass: linear programmes, until every sensitive cell's interval is wide enough
     while True:
-        exposed = [c for c, (lo, hi) in _ranges(v, hidden, eqs).items() if hi - lo < 1 - 1e-9]
-        if not exposed: break
-        c = next((p for p in map(candidate, exposed) if p is not None), None)
-        if c is None:  # nothing left to hide around the exposed cells: hide the whole table
-            hidden[:] = True; break
-        hidden[c] = True
-    return pd.DataFrame(hidden, index=values.index, columns=values.columns)
+        r = intervals(values, unknown(), eqs, targets=sensitive)
+        bad = sorted((c for c, (lo, hi) in r.items() if hi - lo < width - 1e-9), key=repr)
+        if not bad: return hidden
+        c = bad[0]
+        comp = _components(unknown(), eqs)[c]
+        pool = sorted({x for u in comp for e in touching.get(u, []) for x in list(e[0]) + [e[1]]
+                       if x in published and x not in hidden}, key=rank)
+        if not pool:
+            raise DisclosureError(f"cannot protect cell {c!r}: the published relations fix it whatever else is hidden")
+        def gain(x):
+            hidden.add(x)
+            lo, hi = intervals(values, unknown(), eqs, targets=[c])[c]
+            hidden.discard(x)
+            return min(hi - lo, width)
+        best = max(pool[:12], key=lambda x: (gain(x), -pool.index(x)))     # the candidate that widens it most (ties: cheapest)
+        hidden.add(best)
+
+def protect(values: pd.DataFrame, primary: pd.DataFrame, relations: list | None = None, width: float = 1.0) -> pd.DataFrame:
+    "Primary plus secondary suppression: a mask under which every hidden primary cell of `values` has a feasible interval at least `width` wide."
+    v = values.to_numpy(dtype=float)
+    cells = {(i, j): float(v[i, j]) for i in range(v.shape[0]) for j in range(v.shape[1])}
+    prim = {(int(i), int(j)) for i, j in zip(*np.nonzero(primary.to_numpy(dtype=bool)))}
+    hidden = protect_cells(cells, set(cells), prim, _equations(values, relations), width)
+    mask = np.zeros(v.shape, dtype=bool)
+    for i, j in hidden: mask[i, j] = True
+    return pd.DataFrame(mask, index=values.index, columns=values.columns)
+
 
 # %% ../nbs/07_disclosure.ipynb #c9a6275b
 @dataclass
@@ -424,9 +474,9 @@ def _primary(check: TableCheck) -> pd.DataFrame:
     return pd.DataFrame(m, index=check.table.index, columns=check.table.columns)
 
 def suppressed(check: TableCheck) -> SafeTable:
-    "Hide failing cells and enough others that no hidden cell can be recovered from margins by subtraction."
+    "Hide failing cells and enough others that no hidden cell can be narrowed below the protection interval from the margins."
     primary = _primary(check)
-    hidden = protect(check.counts, primary, check.relations)
+    hidden = protect(check.counts, primary, check.relations, check.rules.threshold if check.rules.protection else 1)
     return SafeTable(check.name, check.table.where(~hidden.to_numpy()), "suppression" if hidden.to_numpy().any() else "none",
                      primary, hidden & ~primary, check)
 
@@ -493,327 +543,36 @@ def check_survival(table: pd.DataFrame, rules: Rules | None = None, name: str = 
     return TableCheck(name, t, counts, {"threshold": pd.DataFrame(small, index=t.index, columns=t.columns)}, rules)
 
 def merge_intervals(table: pd.DataFrame, rules: Rules | None = None) -> pd.DataFrame:
-    "Merge consecutive at-risk intervals until each passes `check_survival`; drop the tail with too few at risk."
+    "Merge consecutive at-risk intervals until each passes `check_survival`; the tail with too few at risk joins the last interval."
     rules = rules or uk_default()
     check_survival(table, rules)              # validates
+    t = table[["time", "at_risk", "events", "censored"]].reset_index(drop=True)
+    cut = next((k for k, a in enumerate(t.at_risk) if a < rules.threshold), len(t))
+    if cut == 0: return t.iloc[:0].astype({"at_risk": "int64", "events": "int64", "censored": "int64"})
+    keep = t.iloc[:cut].copy()
+    # the tail's events and censorings stay in the table (in the last interval, now open-ended), so that
+    # at_risk minus what ended never reveals how few were left
+    keep.loc[cut - 1, ["events", "censored"]] += t.iloc[cut:][["events", "censored"]].sum().to_numpy()
+    ok = lambda r: all(r[c] == 0 or r[c] >= rules.threshold for c in ("events", "censored"))
     rows, acc = [], None
-    for r in table[["time", "at_risk", "events", "censored"]].itertuples(index=False):
-        if r.at_risk < rules.threshold: break
-        acc = dict(time=r.time, at_risk=r.at_risk, events=0, censored=0) if acc is None else acc
-        acc["events"] += r.events; acc["censored"] += r.censored; acc["time"] = r.time
-        if all(acc[c] == 0 or acc[c] >= rules.threshold for c in ("events", "censored")):
-            rows.append(acc); acc = None
+    for r in keep.itertuples(index=False):
+        if acc is None: acc = dict(time=r.time, at_risk=r.at_risk, events=0, censored=0)     # an interval keeps its start
+        acc["events"] += r.events; acc["censored"] += r.censored
+        if ok(acc): rows.append(acc); acc = None
+    if acc is not None: rows.append(acc)
+    while len(rows) > 1 and not ok(rows[-1]):  # an unfinished last interval joins the one before it
+        last = rows.pop(); rows[-1]["events"] += last["events"]; rows[-1]["censored"] += last["censored"]
     out = pd.DataFrame(rows, columns=["time", "at_risk", "events", "censored"])
     return out.astype({"time": table["time"].dtype, "at_risk": "int64", "events": "int64", "censored": "int64"})
 
-# %% ../nbs/07_disclosure.ipynb #a650da3f
-_ID = re.compile(r"^(person|patient|subject|participant|individual)_?(id|key|number)$|^(nhs|chi)_?number$|^eid$", re.I)
-# per-person columns; aggregates such as mean_abs_shap or mean_predicted are not
-_PER_PERSON = re.compile(r"^(shap|shap_.*|(?!mean_).*_shap|pred|prediction|predicted.*|y_pred|y_score|risk_score|linear_predictor)$", re.I)
+# %% ../nbs/07_disclosure.ipynb #0f57e354
+_LATER = {"counted": ("Counted", "Published", "SUPPRESSED", "publish", "significant"),
+          "release": ("Session", "Output", "finalise", "verify_bundle", "read_release", "Ledger", "row_level_reasons",
+                      "model_reasons", "coefficient_reasons")}
 
-def row_level_reasons(obj, rules: Rules | None = None) -> list[str]:
-    "Why `obj` would export row-level data ([] if it does not look row-level)."
-    rules = rules or uk_default()
-    if rules.allow_row_level: return []
-    if type(obj).__name__ == "Explanation": return ["per-person SHAP values (a shap.Explanation): export summaries such as mean |SHAP| or binned dependence tables instead"]
-    if isinstance(obj, pd.Series): obj = obj.to_frame()
-    if not isinstance(obj, pd.DataFrame): return []
-    out = []
-    names = [str(c) for c in obj.columns] + [str(n) for n in obj.index.names if n is not None]
-    ids = [c for c in names if _ID.match(c)]
-    if ids: out.append(f"person identifier column(s) {ids}: aggregate before exporting")
-    per = [c for c in names if _PER_PERSON.match(c)]
-    if per: out.append(f"per-person predictions or SHAP values in column(s) {per}: export aggregated performance or importance instead")
-    if len(obj) > rules.max_rows: out.append(f"{len(obj):,} rows exceed the cap of {rules.max_rows:,} for exported tables (row-level data?)")
-    return out
-
-# %% ../nbs/07_disclosure.ipynb #66173703
-def model_reasons(dof: int, rules: Rules | None = None) -> list[str]:
-    "Why a model with `dof` residual degrees of freedom may not be exported ([] if it may)."
-    rules = rules or uk_default()
-    if not isinstance(dof, (int, np.integer)) or isinstance(dof, bool) or dof < 0:
-        raise InputError(f"dof must be a whole number >= 0 (observations minus parameters); got {dof!r}")
-    return [] if dof >= rules.min_dof else [f"residual degrees of freedom {dof} < {rules.min_dof}"]
-
-# %% ../nbs/07_disclosure.ipynb #8212cab9
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-ACRO_VERSION = "0.4.12"      # the results-file layout healthbench writes
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-@dataclass
-class Output:
-    "One recorded output: what it is, its verdict and reasons, the file that may leave, and its sha256."
-    uid: str
-    name: str
-    kind: str                       # table | regression | histogram | custom
-    status: str                     # pass | review | fail
-    reasons: list
-    summary: str
-    method: str = "none"
-    file: Path | None = None
-    sha256: str | None = None
-    comment: str = ""
-    timestamp: str = ""
-    cells: dict = field(default_factory=dict)
-    outcome: pd.DataFrame | None = None
-    suppressed: bool = False
-    extra: dict = field(default_factory=dict)   # the same output in other formats: file name -> sha256
-
-    @property
-    def files(self) -> list[tuple[Path, str]]:
-        "Every file of the output with its sha256 (the main file first)."
-        if self.file is None: return []
-        return [(self.file, self.sha256)] + [(self.file.parent / n, h) for n, h in self.extra.items()]
-
-    @property
-    def released(self) -> bool:
-        "Whether the output may go in a release bundle."
-        return self.status == "pass" or (self.status == "review" and bool(self.comment.strip()))
-
-def _outcome(check: TableCheck, hidden: pd.DataFrame | None = None) -> pd.DataFrame:
-    out = check.reasons.replace("", "ok")
-    if hidden is not None:
-        sec = hidden.to_numpy() & (out.to_numpy() == "ok")
-        out = out.mask(sec, "secondary suppression")
-    return out
-
-def _table_json(t: pd.DataFrame) -> str:
-    "A table as JSON (pandas' split layout: index, columns, data; hidden cells are null), deterministic."
-    t = t.copy()
-    flat = lambda i: " / ".join(map(str, i)) if isinstance(i, tuple) else i
-    t.index, t.columns = t.index.map(flat), t.columns.map(flat)
-    return t.to_json(orient="split", double_precision=15, indent=1)
-
-class Session:
-    "An output log: every exported table, figure and model is checked, mitigated, recorded, then `finalise`d."
-    def __init__(self, rules: Rules | None = None, folder: str | Path | None = None):
-        self.rules = rules or uk_default()
-        self.folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="healthbench-outputs-"))
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.outputs: dict[str, Output] = {}
-        self._n = 0
-
-    def __repr__(self):
-        s = pd.Series([o.status for o in self.outputs.values()]).value_counts().to_dict()
-        return f"Session({self.rules.name} rules, {len(self.outputs)} outputs {s}, folder={str(self.folder)!r})"
-
-    # -- recording
-    def _record(self, name, kind, status, reasons, summary, *, method="none", write=None, suffix=".csv",
-                comment="", cells=None, outcome=None, suppressed=False, also=None) -> Output:
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise InputError(f"output name {name!r} must be 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
-        old = self.outputs.pop(name, None)
-        for f, _ in (old.files if old is not None else []):
-            if f.exists(): f.unlink()
-        out = Output(f"output_{self._n}", name, kind, status, list(reasons), summary, method, comment=comment,
-                     timestamp=dt.datetime.now().isoformat(timespec="seconds"), cells=cells or {}, outcome=outcome,
-                     suppressed=suppressed)
-        self._n += 1
-        if status != "fail" and write is not None:       # a failing output is never written anywhere
-            out.file = self.folder / f"{name}{suffix}"
-            write(out.file)
-            out.sha256 = _sha256(out.file)
-            for suf, w in (also or {}).items():
-                f = self.folder / f"{name}{suf}"
-                w(f)
-                out.extra[f.name] = _sha256(f)
-        self.outputs[name] = out
-        self._write_log()
-        return out
-
-    def _write_log(self):
-        (self.folder / "output_log.json").write_text(json.dumps(_acro_results(list(self.outputs.values()), all_=True), indent=2))
-
-    def table(self, name: str, table, counts=None, *, stats: CellStats | None = None, mitigate: str = "auto",
-              comment: str = "", zeros_ok: bool = False, json: bool = False) -> Output:
-        "Check a table (DataFrame, `TableCheck` or `SafeTable`), mitigate it (`auto`, `suppress`, `round`, `none`), record it (CSV, and JSON if asked)."
-        if mitigate not in ("auto", "suppress", "round", "none"):
-            raise InputError(f"mitigate must be 'auto', 'suppress', 'round' or 'none'; got {mitigate!r}")
-        if isinstance(table, SafeTable): check, safe = table.check, table
-        else:
-            raw = table.table if isinstance(table, TableCheck) else table
-            rl = row_level_reasons(raw, self.rules)
-            if rl: return self._record(name, "table", "fail", rl, "fail; row-level data", comment=comment)
-            check = table if isinstance(table, TableCheck) else check_table(table, counts, stats=stats, rules=self.rules,
-                                                                            name=name, zeros_ok=zeros_ok)
-            is_counts = _is_count_table(check)
-            how = mitigate if mitigate != "auto" else ("round" if self.rules.rounding and is_counts else "suppress")
-            safe = None
-            if how == "round": safe = check.rounded()
-            elif how == "suppress" and check.verdict == "fail": safe = check.suppressed()
-        reasons = [f"{r}: {len(c)} cells" for r, c in check.cells.items() if c]
-        if safe is None:
-            status = check.verdict
-            pub = check.table
-            hidden = None
-        else:
-            status = "review" if check.verdict == "review" else "pass"
-            pub, hidden = safe.table, safe.table.isna() & check.table.notna()
-        write = lambda p: pub.to_csv(p)
-        also = {".json": lambda p: p.write_text(_table_json(pub))} if json else None
-        summary = check.summary if safe is None else safe.summary
-        return self._record(name, "table", status, reasons, summary, method=safe.method if safe else "none",
-                            write=write, comment=comment, cells=check.cells, outcome=_outcome(check, hidden),
-                            suppressed=bool(hidden is not None and hidden.to_numpy().any()), also=also)
-
-    def survival(self, name: str, table: pd.DataFrame, comment: str = "") -> Output:
-        "Record an at-risk table, merging intervals (and dropping the small tail) when it fails."
-        check = check_survival(table, self.rules, name)
-        if check.verdict == "pass":
-            pub, method = table, "none"
-        else:
-            pub, method = merge_intervals(table, self.rules), "merged intervals"
-        if self.rules.rounding:
-            pub = pub.assign(**{c: _round_half_up(pub[c].to_numpy(), self.rules.rounding) for c in ("at_risk", "events", "censored")})
-            method = method + " and rounding" if method != "none" else "rounding"
-        return self._record(name, "table", "pass", [f"threshold: {len(check.cells['threshold'])} cells"] if check.verdict != "pass" else [],
-                            f"pass; {method}; original check: {check.summary.strip()}", method=method,
-                            write=lambda p: pub.to_csv(p, index=False), comment=comment, cells=check.cells,
-                            outcome=_outcome(check))
-
-    def figure(self, name: str, fig, counts, *, redraw: Callable | None = None, comment: str = "") -> Output:
-        "Save a figure only if its underlying counts pass; else redraw it from mitigated counts, or refuse it."
-        check = counts if isinstance(counts, TableCheck) else check_table(counts, rules=self.rules, name=name)
-        save = lambda f: (lambda p: f.savefig(p, dpi=100, metadata={"Software": None}))
-        if check.verdict == "pass" and not self.rules.rounding:
-            return self._record(name, "histogram", "pass", [], check.summary, write=save(fig), suffix=".png",
-                                comment=comment, cells=check.cells, outcome=_outcome(check))
-        if redraw is None:
-            reasons = [f"{r}: {len(c)} cells" for r, c in check.cells.items() if c] or [f"rounding to {self.rules.rounding} required"]
-            return self._record(name, "histogram", "fail",
-                                reasons + ["pass redraw= (a function of the mitigated counts that draws the figure) to export it"],
-                                check.summary, comment=comment, cells=check.cells, outcome=_outcome(check))
-        safe = check.rounded() if self.rules.rounding else check.suppressed()
-        fig2 = redraw(safe.table)
-        return self._record(name, "histogram", "pass", [], safe.summary, method=f"redrawn from {safe.method}",
-                            write=save(fig2), suffix=".png", comment=comment, cells=check.cells,
-                            outcome=_outcome(check, safe.table.isna()), suppressed=bool(safe.table.isna().to_numpy().any()))
-
-    def model(self, name: str, table: pd.DataFrame, dof: int, comment: str = "") -> Output:
-        "Record a model's coefficient table if its residual degrees of freedom are at least `min_dof`."
-        reasons = row_level_reasons(table, self.rules) + model_reasons(dof, self.rules)
-        status = "fail" if reasons else "pass"
-        return self._record(name, "regression", status, reasons, f"{status}; dof={dof}" + ("; " + "; ".join(reasons) if reasons else ""),
-                            write=lambda p: table.to_csv(p), comment=comment)
-
-    def custom(self, name: str, content: str | Path, comment: str = "") -> Output:
-        "Record anything else (text or a file) for a checker's review; it leaves only with a comment."
-        rl = row_level_reasons(content, self.rules)
-        if rl: return self._record(name, "custom", "fail", rl, "fail; row-level data", comment=comment)
-        src = Path(content) if isinstance(content, Path) else None
-        if src is not None and not src.is_file(): raise InputError(f"custom output file {str(src)!r} does not exist")
-        write = (lambda p: shutil.copyfile(src, p)) if src else (lambda p: p.write_text(str(content)))
-        return self._record(name, "custom", "review", ["custom output: needs an output checker's review"],
-                            "review; custom output", write=write, suffix=src.suffix if src else ".txt", comment=comment)
-
-    def comment(self, name: str, text: str) -> None:
-        "Add the researcher's comment to a recorded output (needed for a 'review' output to be released)."
-        if name not in self.outputs: raise InputError(f"no output named {name!r}; recorded: {list(self.outputs)}")
-        self.outputs[name].comment = text
-        self._write_log()
-
-    @property
-    def log(self) -> pd.DataFrame:
-        "The output log as a table: one row per recorded output."
-        return pd.DataFrame([dict(name=o.name, kind=o.kind, status=o.status, released=o.released, method=o.method,
-                                  reasons="; ".join(o.reasons), comment=o.comment,
-                                  file=o.file.name if o.file else None, sha256=o.sha256) for o in self.outputs.values()],
-                            columns=["name", "kind", "status", "released", "method", "reasons", "comment", "file", "sha256"])
-
-# %% ../nbs/07_disclosure.ipynb #7f33f0fc
-def _acro_results(outputs: list[Output], all_: bool = False) -> dict:
-    "Outputs in ACRO's results.json layout (only released ones unless `all_`)."
-    res = {}
-    for o in outputs:
-        if not (all_ or o.released): continue
-        sdc = {}
-        if o.cells or o.kind in ("table", "histogram"):
-            sdc = {"summary": {"suppressed": o.suppressed, "negative": len(o.cells.get("negative", [])),
-                               "missing": len(o.cells.get("missing", [])), "threshold": len(o.cells.get("threshold", [])),
-                               "p-ratio": len(o.cells.get("p-ratio", [])), "nk-rule": len(o.cells.get("nk-rule", [])),
-                               "all-values-are-same": 0},
-                   "cells": {r: o.cells.get(r, []) for r in ("negative", "missing", "threshold", "p-ratio", "nk-rule",
-                                                            "all-values-are-same")}}
-        outcome = {}
-        if o.outcome is not None:
-            oc = o.outcome.copy(); oc.index = oc.index.map(str); oc.columns = oc.columns.map(str)
-            outcome = json.loads(oc.to_json())
-        res[o.uid] = {"uid": o.uid, "status": o.status, "type": o.kind,
-                      "properties": {"method": o.method, "name": o.name},
-                      "files": [{"name": f.name, "sdc": sdc} for f, _ in o.files] or [{"name": "", "sdc": sdc}],
-                      "outcome": outcome,
-                      "command": f"healthbench.disclosure.Session.{ {'regression': 'model', 'histogram': 'figure'}.get(o.kind, o.kind) }({o.name!r})",
-                      "summary": o.summary, "timestamp": o.timestamp, "comments": [o.comment] if o.comment else [],
-                      "exception": "", "reasons": o.reasons, "sha256": o.sha256}
-    return {"version": ACRO_VERSION, "results": res}
-
-def _summary_html(session: Session, released: list[Output], withheld: list[Output]) -> str:
-    e = lambda x: html.escape(str(x))
-    rows = "".join(f"<tr><td>{e(o.name)}</td><td>{e(o.kind)}</td><td>{e(o.status)}</td><td>{e(o.method)}</td>"
-                   f"<td>{e(o.summary)}</td><td>{e(o.comment)}</td><td><code>{e(o.file.name)}</code></td>"
-                   f"<td><code>{e(o.sha256[:16])}…</code></td></tr>" for o in released)
-    held = "".join(f"<tr><td>{e(o.name)}</td><td>{e(o.kind)}</td><td>{e(o.status)}</td><td>{e('; '.join(o.reasons))}</td></tr>"
-                   for o in withheld)
-    r = session.rules
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Release bundle summary</title>
-<style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}td,th{{border:1px solid #ccc;padding:.3em .5em;text-align:left}}
-table{{border-collapse:collapse}}</style></head><body>
-<h1>Release bundle: outputs for checking</h1>
-<p>Rules: <b>{e(r.name)}</b> — minimum count {r.threshold} (zeros {'disclosive' if r.zeros_disclosive else 'allowed'}),
-rounding {e(r.rounding or 'none')}, N-K n={r.nk_n} k={r.nk_k}, p-ratio {r.p_ratio}, minimum residual dof {r.min_dof},
-row cap {r.max_rows}. Written by healthbench {e(_version())} on {dt.date.today().isoformat()}.</p>
-<h2>Released ({len(released)})</h2><p>Each file's sha256 is in <code>checksums/</code> and <code>SHA256SUMS</code>
-(<code>sha256sum -c SHA256SUMS</code>); <code>results.json</code> opens in the SACRO viewer.</p>
-<table><tr><th>name</th><th>kind</th><th>verdict</th><th>mitigation</th><th>checks</th><th>researcher's comment</th><th>file</th><th>sha256</th></tr>{rows}</table>
-<h2>Withheld ({len(withheld)})</h2><p>Not in this bundle; listed by name and reason only.</p>
-<table><tr><th>name</th><th>kind</th><th>verdict</th><th>reasons</th></tr>{held}</table></body></html>
-"""
-
-def _version() -> str:
-    from healthbench import __version__
-    return __version__
-
-def finalise(session: Session, folder: str | Path) -> Path:
-    "Write the release bundle (released outputs, results.json, checksums, config, summary.html) into a new folder."
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise BundleExistsError(f"{str(folder)!r} already exists and is not empty; finalise into a new folder "
-                                "(an earlier bundle is never overwritten)")
-    released = [o for o in session.outputs.values() if o.released]
-    withheld = [o for o in session.outputs.values() if not o.released]
-    for o in released:     # the file must still be the one that was checked
-        if not o.files or any(not f.exists() or _sha256(f) != h for f, h in o.files):
-            raise DisclosureError(f"output {o.name!r}: its file changed or vanished after it was checked; record it again")
-    (folder / "checksums").mkdir(parents=True, exist_ok=True)
-    sums = []
-    for o in released:
-        for f, h in o.files:
-            shutil.copyfile(f, folder / f.name)
-            (folder / "checksums" / f"{f.name}.txt").write_text(h)
-            sums.append(f"{h}  {f.name}\n")
-    (folder / "SHA256SUMS").write_text("".join(sums))
-    (folder / "results.json").write_text(json.dumps(_acro_results(released), indent=2))
-    (folder / "config.json").write_text(json.dumps({"rules": session.rules.to_dict(), "healthbench": _version()}, indent=2))
-    (folder / "summary.html").write_text(_summary_html(session, released, withheld))
-    return folder
-
-Session.finalise = finalise
-
-def verify_bundle(folder: str | Path) -> list[str]:
-    "Problems found re-checking a bundle's files against its checksums ([] when every file verifies)."
-    folder = Path(folder)
-    results = json.loads((folder / "results.json").read_text())["results"]
-    problems = []
-    for uid, r in results.items():
-        if r["status"] == "fail": problems.append(f"{uid}: a failing output is in the bundle")
-        for f in r["files"]:
-            p, c = folder / f["name"], folder / "checksums" / f"{f['name']}.txt"
-            if not p.is_file() or not c.is_file(): problems.append(f"{f['name']}: file or checksum missing"); continue
-            if _sha256(p) != c.read_text().strip(): problems.append(f"{f['name']}: sha256 does not match")
-    listed = {f["name"] for r in results.values() for f in r["files"]}
-    extra = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed
-                   and p.name not in ("results.json", "config.json", "summary.html", "SHA256SUMS"))
-    problems += [f"{x}: in the bundle but not in results.json" for x in extra]
-    return problems
+def __getattr__(name: str):
+    "Names of the chapters built on this one, importable from `healthbench.disclosure` as well."
+    import importlib
+    for module, names in _LATER.items():
+        if name in names: return getattr(importlib.import_module(f"healthbench.{module}"), name)
+    raise AttributeError(f"module 'healthbench.disclosure' has no attribute {name!r}")

@@ -14,6 +14,7 @@ import pandas as pd
 import shap
 
 from .errors import HealthbenchError, InputError
+from .counted import Counted, significant
 
 # %% auto #0
 __all__ = ['SUPPORTED', 'MAX_LEAVES', 'MAX_PATH_FEATURES', 'ADDITIVITY_TOLERANCE', 'METHODS', 'AdditivityError', 'explain',
@@ -395,8 +396,8 @@ def _explanation(expl) -> tuple[np.ndarray, list[str]]:
     names = list(expl.feature_names) if expl.feature_names is not None else [f"x{i}" for i in range(values.shape[1])]
     return values, names
 
-def importance(expl: shap.Explanation, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
-    "Mean |SHAP| per feature with a 95% bootstrap (percentile, over rows) interval, largest first: exportable."
+def importance(expl: shap.Explanation, n_boot: int = 200, seed: int = 0) -> Counted:
+    "Mean |SHAP| per feature with a 95% bootstrap (percentile, over rows) interval, largest first (a `Counted` table resting on the rows explained)."
     values, names = _explanation(expl)
     if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
         raise InputError(f"n_boot must be a whole number >= 1; got {n_boot!r}")
@@ -405,7 +406,8 @@ def importance(expl: shap.Explanation, n_boot: int = 200, seed: int = 0) -> pd.D
     boot = counts @ a / n
     out = pd.DataFrame({"feature": names, "mean_abs_shap": a.mean(0),
                         "lo": np.percentile(boot, 2.5, axis=0), "hi": np.percentile(boot, 97.5, axis=0)})
-    return out.sort_values("mean_abs_shap", ascending=False, kind="stable").reset_index(drop=True)
+    out = out.sort_values("mean_abs_shap", ascending=False, kind="stable").reset_index(drop=True)
+    return Counted.of_statistics(out, caption="SHAP importance", rows=n)
 
 # %% ../nbs/11_explain.ipynb #093dac6c
 def _column(expl, feature: str) -> tuple[pd.Series, np.ndarray]:
@@ -423,17 +425,24 @@ def _ci(s: pd.Series) -> tuple[float, float]:
     h = 1.959964 * s.std() / np.sqrt(len(s))
     return s.mean() - h, s.mean() + h
 
-def dependence_table(expl: shap.Explanation, feature: str, bins: int = 10) -> pd.DataFrame:
-    "Binned dependence of `feature`'s SHAP values on its value, with the count behind each bin: exportable."
+def _edges(x: pd.Series, bins: int) -> np.ndarray:
+    "Inner bin edges: the quantiles of `x`, rounded to 2 significant figures (never an observed extreme), distinct."
+    q = np.nanquantile(x.to_numpy(float), np.linspace(0, 1, bins + 1)[1:-1])
+    e = np.unique(significant(q, 2))
+    return e[(e > np.nanmin(x)) & (e <= np.nanmax(x))]
+
+def dependence_table(expl: shap.Explanation, feature: str, bins: int = 10) -> Counted:
+    "Binned dependence of `feature`'s SHAP values on its value, with the count behind each bin (a `Counted` table); outer bins are open-ended."
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
         raise InputError(f"bins must be a whole number >= 2; got {bins!r}")
     x, v = _column(expl, feature)
     numeric = pd.api.types.is_numeric_dtype(x)
     if numeric and x.nunique() > bins:
-        cut = pd.qcut(x, bins, duplicates="drop")
-        names = {iv: f"({iv.left:.4g}, {iv.right:.4g}]" for iv in cut.cat.categories}
-        label, mean_value = cut.map(names).astype(object).where(cut.notna(), "missing"), x
-        order = list(names.values())
+        e = _edges(x, bins)       # open-ended outer bins (top- and bottom-coded): no bin edge is the minimum or maximum
+        names = [f"< {e[0]:g}"] + [f"{a:g} to < {b:g}" for a, b in zip(e[:-1], e[1:])] + [f"≥ {e[-1]:g}"]
+        code = np.searchsorted(e, x.to_numpy(float), side="right")
+        label = pd.Series(np.array(names, dtype=object)[np.minimum(code, len(names) - 1)], index=x.index).where(x.notna(), "missing")
+        mean_value, order = x, names
     else:
         label = x.astype(str).where(x.notna(), "missing")
         mean_value = x if numeric else pd.Series(np.nan, index=x.index)
@@ -445,10 +454,20 @@ def dependence_table(expl: shap.Explanation, feature: str, bins: int = 10) -> pd
         if len(g) == 0: continue
         lo, hi = _ci(g["shap"])
         rows.append({"bin": b, "n": len(g), "mean_value": g["value"].mean(), "mean_shap": g["shap"].mean(), "lo": lo, "hi": hi})
-    return pd.DataFrame(rows, columns=["bin", "n", "mean_value", "mean_shap", "lo", "hi"])
+    table = pd.DataFrame(rows, columns=["bin", "n", "mean_value", "mean_shap", "lo", "hi"])
+    k = pd.DataFrame({"n": table["n"].to_numpy()}, index=pd.Index(table["bin"], name="bin"))
+    k.loc["All"] = len(frame)                     # the rows explained: known to whoever reads the release
+    def render(c: pd.DataFrame) -> pd.DataFrame:
+        out = table.copy()
+        n = c["n"].drop(index="All").to_numpy()
+        out["n"] = n
+        out.loc[np.isnan(n), ["mean_value", "mean_shap", "lo", "hi"]] = np.nan
+        return out
+    return Counted(table, k, [([(b, "n") for b in table["bin"]], ("All", "n"))], render=render, count_columns=("n",),
+                   caption=f"SHAP dependence on {feature}")
 
-def compare_importance(expl: shap.Explanation, groups: pd.Series) -> pd.DataFrame:
-    "Mean |SHAP| of each feature within each subgroup, with the subgroup's size: exportable after disclosure checks."
+def compare_importance(expl: shap.Explanation, groups: pd.Series) -> Counted:
+    "Mean |SHAP| of each feature within each subgroup, with the subgroup's size (a `Counted` table, rows by group and feature)."
     values, names = _explanation(expl)
     g = pd.Series(groups).reset_index(drop=True)
     if len(g) != len(values): raise InputError(f"groups has {len(g)} values; the explanation has {len(values)} rows")
@@ -458,15 +477,30 @@ def compare_importance(expl: shap.Explanation, groups: pd.Series) -> pd.DataFram
     # a private id column while reshaping: the grouping variable is often a feature too (e.g. sex)
     out = a.groupby(g.to_numpy()).mean().rename_axis("_g").reset_index().melt(id_vars="_g", var_name="feature",
                                                                                value_name="mean_abs_shap")
-    out.insert(1, "n", out["_g"].map(g.value_counts()).astype(int))
-    out = out.sort_values(["_g", "mean_abs_shap"], ascending=[True, False], kind="stable").reset_index(drop=True)
-    return out.rename(columns={"_g": name})
+    sizes = g.value_counts()
+    out.insert(1, "n", out["_g"].map(sizes).astype(int))
+    out = out.sort_values(["_g", "mean_abs_shap"], ascending=[True, False], kind="stable")
+    out = out.rename(columns={"_g": name}).set_index([name, "feature"])
+    levels = list(dict.fromkeys(out.index.get_level_values(0)))
+    k = pd.DataFrame({"n": [int(sizes[lv]) for lv in levels]}, index=pd.Index([str(lv) for lv in levels], name=name))
+    k.loc["All"] = len(g)
+    def render(c: pd.DataFrame) -> pd.DataFrame:
+        t = out.copy()
+        n = out.index.get_level_values(0).map(lambda lv: c.at[str(lv), "n"]).to_numpy(float)
+        t["n"] = n
+        t.loc[np.isnan(n), "mean_abs_shap"] = np.nan
+        return t
+    return Counted(out, k, [([(str(lv), "n") for lv in levels], ("All", "n"))], render=render, count_columns=("n",),
+                   caption=f"SHAP importance by {name}")
+
 
 # %% ../nbs/11_explain.ipynb #f4a508b2
-def plot_importance(imp: pd.DataFrame, max_features: int = 20):
+def _as_table(t) -> pd.DataFrame: return t.table if isinstance(t, Counted) else t
+
+def plot_importance(imp: pd.DataFrame | Counted, max_features: int = 20):
     "Bar chart of mean |SHAP| with its 95% interval, from an `importance` table: exportable."
     import matplotlib.pyplot as plt
-    t = imp.head(max_features).iloc[::-1]
+    t = _as_table(imp).head(max_features).iloc[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(t) + 1))
     ax.barh(t["feature"], t["mean_abs_shap"], xerr=[t["mean_abs_shap"] - t["lo"], t["hi"] - t["mean_abs_shap"]],
             color="#4477aa", capsize=3)
@@ -502,17 +536,19 @@ def plot_dependence(expl: shap.Explanation, feature: str):
     fig.tight_layout()
     return fig
 
-def plot_dependence_table(table: pd.DataFrame, feature: str = ""):
-    "Mean SHAP per bin with its 95% interval and count, from a `dependence_table`: exportable."
+def plot_dependence_table(table: pd.DataFrame | Counted, feature: str = ""):
+    "Mean SHAP per bin with its 95% interval and count, from a `dependence_table` (or its published table): exportable."
     import matplotlib.pyplot as plt
+    table = _as_table(table)
+    table = table[table["n"].notna() & (table["n"].astype(str) != "[c]")].astype({"mean_shap": float, "lo": float, "hi": float})
     fig, ax = plt.subplots(figsize=(6, 3.5))
     numeric = table["mean_value"].notna().all()
     x = table["mean_value"].to_numpy() if numeric else np.arange(len(table))
     ax.errorbar(x, table["mean_shap"], yerr=[table["mean_shap"] - table["lo"], table["hi"] - table["mean_shap"]],
                 fmt="o-" if numeric else "o", capsize=3)
-    for xi, yi, n in zip(x, table["mean_shap"], table["n"]): ax.annotate(f"n={n}", (xi, yi), fontsize=7,
+    for xi, yi, n in zip(x, table["mean_shap"], table["n"]): ax.annotate(f"n={int(n):,}", (xi, yi), fontsize=7,
                                                                         textcoords="offset points", xytext=(0, 6))
-    if not numeric: ax.set_xticks(x, table["bin"])
+    if not numeric: ax.set_xticks(x, table["bin"], rotation=30, ha="right")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel(f"{feature} (mean in bin)" if numeric else feature); ax.set_ylabel("mean SHAP value (95% CI)")
     fig.tight_layout()
@@ -540,7 +576,7 @@ def plot_waterfall(expl: shap.Explanation, i: int, max_features: int = 10):
 
 # %% ../nbs/11_explain.ipynb #2cc65c18
 def summary_tables(expl: shap.Explanation, features: list[str] | None = None, bins: int = 10,
-                   n_boot: int = 200, seed: int = 0) -> dict[str, pd.DataFrame]:
+                   n_boot: int = 200, seed: int = 0) -> dict[str, Counted]:
     "The exportable forms of an explanation: importance and one binned dependence table per feature, no row-level data."
     _, names = _explanation(expl)
     out = {"shap_importance": importance(expl, n_boot=n_boot, seed=seed)}

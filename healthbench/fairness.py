@@ -16,7 +16,8 @@ from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, 
 from sklearn.metrics import precision_score
 
 from .errors import InputError
-from .disclosure import Rules, uk_default, _round_half_up
+from .disclosure import Rules, uk_default
+from .counted import Counted
 from .stats import auroc, calibration, _y_p, _z, _levels
 
 # %% auto #0
@@ -70,19 +71,6 @@ def _suppression(n: int, events: int, rules: Rules) -> str:
     reasons = [f"fewer than {t} {w}" for w, k in (("people", n), ("events", events), ("non-events", n - events)) if k < t]
     return "; ".join(reasons)
 
-def _secondary(rows: list[dict], rules: Rules):
-    "Hide the counts of further levels so no suppressed level's counts follow from the overall row by subtraction."
-    t = rules.threshold
-    hidden = [r for r in rows if r["suppressed"]]
-    if not hidden: return
-    total = lambda k: sum(r[k] for r in hidden)
-    visible = sorted((r for r in rows if not r["suppressed"]), key=lambda r: r["_n"])
-    while visible and (len(hidden) < 2 or min(total("_n"), total("_events"), total("_n") - total("_events")) < t):
-        r = visible.pop(0)
-        r["reason"] = "counts hidden: another level of this variable is suppressed (secondary suppression)"
-        hidden.append(r)
-    for r in hidden: r["n"] = r["events"] = None
-
 # %% ../nbs/12_fairness.ipynb #d9506430
 _RATES = {"tpr": true_positive_rate, "fpr": false_positive_rate,
           "ppv": partial(precision_score, zero_division=np.nan), "selection_rate": selection_rate}
@@ -133,8 +121,8 @@ def _check_options(threshold, n_boot, seed, rules) -> Rules:
     return rules
 
 def subgroup_report(y, p, groups, threshold: float = 0.5, *, n_boot: int = 200, alpha: float = 0.05,
-                    seed: int | None = 0, rules: Rules | None = None) -> pd.DataFrame:
-    "Discrimination, calibration and error rates with bootstrap CIs overall and per subgroup, small subgroups suppressed."
+                    seed: int | None = 0, rules: Rules | None = None) -> Counted:
+    "Discrimination, calibration and error rates with bootstrap CIs overall and per subgroup (a `Counted` table); small subgroups are not analysed."
     y, p = _y_p(y, p); _z(alpha)
     rules = _check_options(threshold, n_boot, seed, rules)
     y, yhat = y.astype(int), (p >= threshold).astype(int)
@@ -147,7 +135,6 @@ def subgroup_report(y, p, groups, threshold: float = 0.5, *, n_boot: int = 200, 
             reason = _suppression(n, events, rules)
             block.append(dict(variable=var, group=label, n=n, events=events, suppressed=bool(reason), reason=reason,
                               _n=n, _events=events, _mask=m))
-        if var != OVERALL: _secondary(block, rules)
         rows += block
     # point estimates: rates from MetricFrame, AUROC and calibration from healthbench.stats; suppressed rows untouched
     for var in blocks:
@@ -189,15 +176,48 @@ def subgroup_report(y, p, groups, threshold: float = 0.5, *, n_boot: int = 200, 
            + [f"{k}_diff{s}" for k in METRICS for s in ("", "_lo", "_hi")] + [f"{k}_ratio{s}" for k in RATIO_METRICS for s in ("", "_lo", "_hi")]
     out = pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]).reindex(columns=cols)
     out[cols[6:]] = out[cols[6:]].astype(float)
-    if rules.rounding:
-        for k in ("n", "events"): out[k] = out[k].map(lambda v: v if pd.isna(v) else _round_half_up(int(v), rules.rounding))
-    out[["n", "events"]] = out[["n", "events"]].astype("Int64")
-    overall = out.iloc[0]
-    for k in METRICS: out[f"{k}_diff"] = out[k] - overall[k]
-    for k in RATIO_METRICS: out[f"{k}_ratio"] = out[k] / overall[k] if overall[k] != 0 else math.nan
     out.attrs.update(threshold=threshold, n_boot=n_boot, alpha=alpha, seed=seed, rules=rules.name,
                      ci=f"{100 * (1 - alpha):g}% percentile bootstrap, {n_boot} resamples of each subgroup; differences "
                         f"and ratios to overall within each resample of the variable's subgroups together")
+    key = pd.MultiIndex.from_frame(out[["variable", "group"]])
+    k = pd.DataFrame({"n": [r["_n"] for r in rows], "events": [r["_events"] for r in rows]}, index=key)
+    k["non_events"] = k.n - k.events
+    k["tp"] = [int((y[r["_mask"]] * yhat[r["_mask"]]).sum()) for r in rows]
+    k["fp"] = [int(((1 - y[r["_mask"]]) * yhat[r["_mask"]]).sum()) for r in rows]
+    k["fn"], k["tn"] = k.events - k.tp, k.non_events - k.fp
+    k = k[["n", "events", "non_events", "tp", "fn", "fp", "tn"]]
+    top = (OVERALL, OVERALL)
+    relations = [([(r, "events"), (r, "non_events")], (r, "n")) for r in key] + \
+                [([(r, "tp"), (r, "fn")], (r, "events")) for r in key] + [([(r, "fp"), (r, "tn")], (r, "non_events")) for r in key]
+    for var in blocks:
+        if var != OVERALL:
+            relations += [([(r, c) for r in key if r[0] == var], (top, c)) for c in k.columns]
+    return Counted(_render_report(out, k.astype(float), key), k, relations, render=lambda c: _render_report(out, c, key),
+                   count_columns=("n", "events"), caption="subgroup report")
+
+def _render_report(report: pd.DataFrame, c: pd.DataFrame, key: pd.MultiIndex) -> pd.DataFrame:
+    "The report from (possibly hidden or rounded) counts: nothing that rests on a hidden count, error rates from the counts."
+    out = report.copy()
+    c = c.reindex(key)
+    base = c[["n", "events", "non_events"]].notna().all(axis=1).to_numpy()
+    rates = c[["tp", "fn", "fp", "tn"]].notna().all(axis=1).to_numpy() & base
+    out["n"], out["events"] = c["n"].to_numpy(), c["events"].to_numpy()
+    with np.errstate(all="ignore"):
+        computed = ~out["suppressed"].to_numpy(bool)
+        for m, v in (("tpr", c.tp / (c.tp + c.fn)), ("fpr", c.fp / (c.fp + c.tn)), ("ppv", (c.tp / (c.tp + c.fp)).where(c.tp + c.fp > 0)),
+                     ("selection_rate", (c.tp + c.fp) / c.n)):
+            out[m] = np.where(computed, v.to_numpy(float), np.nan)
+    metric_cols = [x for x in out.columns if x not in ("variable", "group", "n", "events", "suppressed", "reason")]
+    rate_cols = [x for x in metric_cols if x.split("_")[0] in ("tpr", "fpr", "ppv") or x.startswith("selection_rate")]
+    out.loc[~base, metric_cols] = np.nan
+    out.loc[~rates, rate_cols] = np.nan
+    hidden = ~base & ~out["suppressed"].to_numpy(bool)
+    out.loc[hidden, "reason"] = "hidden: its counts could help work out a small group's"
+    out["suppressed"] = out["suppressed"].to_numpy(bool) | ~base
+    overall = out.iloc[0]
+    for m in METRICS: out[f"{m}_diff"] = out[m] - overall[m]
+    for m in RATIO_METRICS: out[f"{m}_ratio"] = out[m] / overall[m] if overall[m] != 0 else math.nan
+    out.loc[~base, [f"{m}_diff" for m in METRICS] + [f"{m}_ratio" for m in RATIO_METRICS]] = np.nan
     return out
 
 # %% ../nbs/12_fairness.ipynb #d8f11983
@@ -207,7 +227,8 @@ _LABELS = {"auroc": "AUROC", "citl": "calibration-in-the-large", "cal_intercept"
 _IDEAL = {"citl": 0.0, "cal_intercept": 0.0, "cal_slope": 1.0, "oe": 1.0}
 
 def plot_subgroups(report: pd.DataFrame, metric: str = "auroc"):
-    "Forest plot of one metric of a `subgroup_report`: point and CI per subgroup, the overall value as a reference line."
+    "Forest plot of one metric of a `subgroup_report` (or its published table): point and CI per subgroup, the overall value as a reference line."
+    if isinstance(report, Counted): report = report.table
     if metric not in METRICS: raise InputError(f"metric must be one of {list(METRICS)}; got {metric!r}")
     need = ["variable", "group", "suppressed", metric, f"{metric}_lo", f"{metric}_hi"]
     if not isinstance(report, pd.DataFrame) or any(c not in report.columns for c in need):

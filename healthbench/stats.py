@@ -15,11 +15,12 @@ from scipy.special import expit, logit
 from scipy.stats import chi2, norm, rankdata
 
 from .errors import InputError
+from .counted import Counted
 
 # %% auto #0
 __all__ = ['MARGIN', 'TableOne', 'table_one', 'poisson_ci', 'incidence', 'Estimate', 'auroc', 'auprc', 'brier', 'calibration',
-           'calibration_bins', 'net_benefit', 'kaplan_meier', 'cox', 'plot_calibration', 'plot_decision_curve',
-           'plot_km']
+           'calibration_bins', 'net_benefit', 'participant_flow', 'outcome_counts', 'performance', 'kaplan_meier',
+           'cox', 'plot_calibration', 'plot_decision_curve', 'plot_km']
 
 # %% ../nbs/08_stats.ipynb #03f43219
 def _numeric(x, name: str) -> np.ndarray:
@@ -85,15 +86,10 @@ def _levels(x: pd.Series) -> list:
 # %% ../nbs/08_stats.ipynb #8883d5df
 MARGIN = "All"
 
-@dataclass
-class TableOne:
-    "A descriptive table by group: `table` (display strings), `counts` (people behind each cell), `smd` (per variable)."
-    table: pd.DataFrame
-    counts: pd.DataFrame
-    smd: pd.Series
-
-    def __repr__(self) -> str: return repr(self.table)
-    def _repr_html_(self) -> str: return self.table._repr_html_()
+@dataclass(repr=False)
+class TableOne(Counted):
+    "Table 1 by group: `table` (display strings, and SMDs), `counts` (people behind each cell), `smd` (per variable); a `Counted` table."
+    smd: pd.Series | None = None
 
 def _fmt(x: float, decimals: int) -> str: return f"{x:.{decimals}f}" if np.isfinite(x) else "–"
 
@@ -108,6 +104,10 @@ def _yang_dalton(p1: np.ndarray, p2: np.ndarray) -> float:
     except np.linalg.LinAlgError: return math.nan
 
 def _as_list(x) -> list: return [x] if isinstance(x, str) else list(x)
+
+def _person_ids(data: pd.DataFrame):
+    "The person ids of a DataFrame's rows (a `person_id` column), or None."
+    return data["person_id"] if "person_id" in data.columns else None
 
 def table_one(data: pd.DataFrame, group: str | None, categorical: list[str] = (), continuous: list[str] = (),
               nonnormal: list[str] = (), decimals: int = 1) -> TableOne:
@@ -134,22 +134,20 @@ def table_one(data: pd.DataFrame, group: str | None, categorical: list[str] = ()
         groups = _levels(g)
         if MARGIN in groups: raise InputError(f"group column {group!r} has a level {MARGIN!r}, the name of the overall column")
         parts = {lv: data[g == lv] for lv in groups} | {MARGIN: data}
-    rows, counts, index, smd = [], [], [], {}
-    def add(key, strings, n):
-        index.append(key); rows.append(strings); counts.append([int(k) for k in n])
+    counts, index, smd, kind, summary = [], [], {}, {}, {}
+    def add(key, n, what):
+        index.append(key); counts.append([int(k) for k in n]); kind[key] = what
     def add_missing(v):
         m = [int(d[v].isna().sum()) for d in parts.values()]
-        if m[-1]: add((v, "missing"), [str(k) for k in m], m)
-    add(("n", ""), [str(len(d)) for d in parts.values()], [len(d) for d in parts.values()])
+        if m[-1]: add((v, "missing"), m, "missing")
+    add(("n", ""), [len(d) for d in parts.values()], "n")
     for v in categorical:
         levels = _levels(data[v])
         if "missing" in [str(lv) for lv in levels]:
             raise InputError(f"variable {v!r} has a level called 'missing'; rename it (the table adds its own missing row)")
         k = {c: d[v].value_counts().reindex(levels, fill_value=0).to_numpy() for c, d in parts.items()}
         den = {c: int(d[v].notna().sum()) for c, d in parts.items()}
-        for i, lv in enumerate(levels):
-            add((v, str(lv)), [f"{k[c][i]} ({_fmt(100 * k[c][i] / den[c], decimals)}%)" if den[c] else f"{k[c][i]}"
-                               for c in parts], [k[c][i] for c in parts])
+        for i, lv in enumerate(levels): add((v, str(lv)), [k[c][i] for c in parts], "level")
         add_missing(v)
         if len(groups) == 2 and all(den[c] for c in groups):
             smd[v] = _yang_dalton(*(k[c] / den[c] for c in groups))
@@ -160,15 +158,50 @@ def table_one(data: pd.DataFrame, group: str | None, categorical: list[str] = ()
             label, strings = "median [Q1, Q3]", [f"{f(s.median())} [{f(s.quantile(.25))}, {f(s.quantile(.75))}]" for s in x.values()]
         else:
             label, strings = "mean (SD)", [f"{f(s.mean())} ({f(s.std())})" for s in x.values()]
-        add((v, label), strings, [len(s) for s in x.values()])
+        add((v, label), [len(s) for s in x.values()], "summary")
+        summary[(v, label)] = strings
         add_missing(v)
         if len(groups) == 2:
             a, b = x[groups[0]], x[groups[1]]
             smd[v] = float((a.mean() - b.mean()) / np.sqrt((a.var() + b.var()) / 2))
     idx = pd.MultiIndex.from_tuples(index, names=["variable", "level"])
     cols = pd.Index(list(parts), name=group)
-    return TableOne(pd.DataFrame(rows, index=idx, columns=cols), pd.DataFrame(counts, index=idx, columns=cols, dtype="int64"),
-                    pd.Series({v: smd.get(v, math.nan) for v in categorical + continuous}, name="smd", dtype=float))
+    cnt = pd.DataFrame(counts, index=idx, columns=cols, dtype="int64")
+    smd = pd.Series({v: smd.get(v, math.nan) for v in categorical + continuous}, name="smd", dtype=float)
+    rows_of = {v: [r for r in index if r[0] == v] for v in categorical + continuous}
+    # levels (or the summary) and missing add up to n in every column; groups add up to All in every row
+    relations = [([(r, c) for r in rows], (("n", ""), c)) for rows in rows_of.values() for c in cols]
+    if groups: relations += [([(r, c) for c in groups], (r, MARGIN)) for r in index]
+
+    def render(k: pd.DataFrame) -> pd.DataFrame:
+        "The display strings from (possibly hidden or rounded) counts: a percentage only where its denominator is known."
+        out = pd.DataFrame(index=idx, columns=cols, dtype=object)
+        for r in index:
+            v = r[0]
+            for j, c in enumerate(cols):
+                n, x = k.at[("n", ""), c], k.at[r, c]
+                if pd.isna(x): out.at[r, c] = np.nan; continue
+                x = int(x)
+                if kind[r] == "n": out.at[r, c] = f"{x}"
+                elif kind[r] == "summary": out.at[r, c] = summary[r][j]
+                else:
+                    miss = k.at[(v, "missing"), c] if (v, "missing") in k.index and kind[r] == "level" else 0
+                    den = n - miss if kind[r] == "level" else n
+                    out.at[r, c] = f"{x} ({_fmt(100 * x / den, decimals)}%)" if pd.notna(den) and den > 0 else f"{x}"
+        if len(groups) == 2:        # an SMD is shown only where every count of its variable in both groups is
+            out["SMD"] = np.nan
+            for v, rows in rows_of.items():
+                if np.isfinite(smd[v]) and k.loc[rows, groups].notna().all().all(): out.at[rows[0], "SMD"] = round(float(smd[v]), 3)
+        return out
+    return TableOne(render(cnt.astype(float)), cnt, relations, render=render, population=_populations(data, group, groups),
+                    caption="Table 1", smd=smd)
+
+def _populations(data: pd.DataFrame, by: str | None, levels: list) -> dict | None:
+    "Person ids behind each group and overall, for the release ledger (None without a person_id column)."
+    ids = _person_ids(data)
+    if ids is None: return None
+    out = {str(lv): ids[data[by] == lv].to_numpy() for lv in levels} if by is not None else {}
+    return out | {MARGIN: ids.to_numpy()}
 
 # %% ../nbs/08_stats.ipynb #3a5f0c67
 def poisson_ci(events, person_time, alpha: float = 0.05) -> tuple:
@@ -185,25 +218,40 @@ def poisson_ci(events, person_time, alpha: float = 0.05) -> tuple:
 
 # %% ../nbs/08_stats.ipynb #aca295e3
 def incidence(data: pd.DataFrame, event: str, time: str, by: str | None = None, per: float = 1000,
-              time_unit: float = 365.25, alpha: float = 0.05) -> pd.DataFrame:
-    "Persons, events, person-years and the event rate per `per` person-years with its exact CI, by `by` and overall."
+              time_unit: float = 365.25, alpha: float = 0.05) -> Counted:
+    "Persons, events, person-years and the event rate per `per` person-years with its exact CI, by `by` and overall (a `Counted` table)."
     _columns(data, event, time, *([by] if by is not None else []))
     e, t = _outcome(data[event], event), _numeric(data[time], time)
     if (t < 0).any(): raise InputError(f"follow-up time {time!r} has negative values; it must be >= 0 (days)")
     for name, v in (("per", per), ("time_unit", time_unit)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0: raise InputError(f"{name} must be > 0; got {v!r}")
     _z(alpha)
-    def row(label, m):
-        k, py = int(e[m].sum()), float(t[m].sum() / time_unit)
-        lo, hi = poisson_ci(k, py, alpha) if py > 0 else (math.nan, math.nan)
-        return [label, int(m.sum()), k, py, k / py * per if py > 0 else math.nan, lo * per, hi * per]
-    if by is None: name, rows = "group", []
-    else:
+    levels = []
+    if by is not None:
         g = data[by]
         if g.isna().any(): raise InputError(f"group column {by!r} has {int(g.isna().sum())} missing value(s); drop or label them first")
-        name, rows = by, [row(lv, (g == lv).to_numpy()) for lv in _levels(g)]
-    rows.append(row(MARGIN, np.ones(len(t), dtype=bool)))
-    return pd.DataFrame(rows, columns=[name, "persons", "events", "person_years", "rate", "lo", "hi"])
+        levels = _levels(g)
+    masks = {str(lv): (data[by] == lv).to_numpy() for lv in levels} | {MARGIN: np.ones(len(t), dtype=bool)}
+    if by is not None and len(masks) != len(levels) + 1: raise InputError(f"group column {by!r} has levels that print alike: {levels}")
+    idx = pd.Index(list(masks), name=by or "group")
+    k = pd.DataFrame({"persons": [int(m.sum()) for m in masks.values()], "events": [int(e[m].sum()) for m in masks.values()]}, index=idx)
+    k["event_free"] = k.persons - k.events
+    years = pd.Series([float(t[m].sum() / time_unit) for m in masks.values()], index=idx)
+    relations = [([(r, "events"), (r, "event_free")], (r, "persons")) for r in idx]
+    if by is not None: relations += [([(r, c) for r in idx[:-1]], (MARGIN, c)) for c in k.columns]
+
+    def render(c: pd.DataFrame) -> pd.DataFrame:
+        "Rates from the (possibly rounded) events; nothing where the events are hidden."
+        ev, known = c["events"], c[["persons", "events", "event_free"]].notna().all(axis=1)
+        lo, hi = poisson_ci(ev.fillna(0).to_numpy(), years.where(years > 0, 1).to_numpy(), alpha)
+        rate = (ev / years * per).where(years > 0)
+        out = pd.DataFrame({"persons": c["persons"], "events": ev, "person_years": years.where(c["persons"].notna()),
+                            "rate": rate, "lo": pd.Series(lo * per, index=idx).where(years > 0), "hi": pd.Series(hi * per, index=idx).where(years > 0)})
+        out.loc[~known, ["rate", "lo", "hi"]] = np.nan
+        return out
+    return Counted(render(k.astype(float)), k, relations, render=render, count_columns=("persons", "events"),
+                   population=_populations(data, by, levels) if by is not None else _populations(data, None, []),
+                   caption=f"incidence per {per:g} person-years")
 
 # %% ../nbs/08_stats.ipynb #5a9cec51
 @dataclass(frozen=True)
@@ -284,33 +332,126 @@ def calibration(y, p, alpha: float = 0.05) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 # %% ../nbs/08_stats.ipynb #11678205
-def calibration_bins(y, p, n_bins: int = 10) -> pd.DataFrame:
-    "Quantile bins of p: people, events, mean prediction and observed event rate per bin (for a calibration plot)."
+def calibration_bins(y, p, n_bins: int = 10) -> Counted:
+    "Quantile bins of p: people, events, mean prediction and observed event rate per bin (a `Counted` table for a calibration plot)."
     y, p = _y_p(y, p)
     if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
         raise InputError(f"n_bins must be a whole number >= 1; got {n_bins!r}")
     edges = np.percentile(p, np.linspace(0, 1, n_bins + 1) * 100)
     ids = np.searchsorted(edges[1:-1], p)
     k = np.bincount(ids, minlength=n_bins)
-    events = np.bincount(ids, weights=y, minlength=n_bins)
+    events = np.round(np.bincount(ids, weights=y, minlength=n_bins)).astype("int64")
     total_p = np.bincount(ids, weights=p, minlength=n_bins)
     keep = k > 0
-    return pd.DataFrame({"bin": np.arange(1, n_bins + 1)[keep], "n": k[keep],
-                         "events": np.round(events[keep]).astype("int64"),
-                         "mean_predicted": total_p[keep] / k[keep], "observed": events[keep] / k[keep]})
+    idx = pd.Index(np.arange(1, n_bins + 1)[keep], name="bin")
+    mean_p = pd.Series(total_p[keep] / k[keep], index=idx)
+    cnt = pd.DataFrame({"n": k[keep], "events": events[keep]}, index=idx)
+    cnt["non_events"] = cnt.n - cnt.events
+    cnt.loc[MARGIN] = cnt.sum()
+    rows = list(idx) + [MARGIN]
+    relations = [([(b, c) for b in idx], (MARGIN, c)) for c in cnt.columns] + \
+                [([(b, "events"), (b, "non_events")], (b, "n")) for b in rows]
+
+    def render(c: pd.DataFrame) -> pd.DataFrame:
+        "The bins from (possibly hidden or rounded) counts: an observed rate only where its events and non-events are known."
+        c = c.drop(index=MARGIN)
+        out = pd.DataFrame({"n": c["n"], "events": c["events"], "mean_predicted": mean_p.where(c["n"].notna()),
+                            "observed": c["events"] / c["n"]}, index=idx)
+        out.loc[c[["events", "non_events"]].isna().any(axis=1), "observed"] = np.nan
+        return out
+    return Counted(render(cnt.astype(float)), cnt, relations, render=render, count_columns=("n", "events"),
+                   caption="calibration bins")
 
 # %% ../nbs/08_stats.ipynb #34588165
-def net_benefit(y, p, thresholds=np.round(np.arange(0.01, 0.51, 0.01), 2)) -> pd.DataFrame:
-    "Net benefit of the model (treat if p >= t), of treating all and of treating none, at each threshold t."
-    y, p = _y_p(y, p)
+def net_benefit(y, p, thresholds=np.round(np.arange(0.01, 0.51, 0.01), 2)) -> Counted:
+    "Net benefit of each model (treat if p >= t), of treating all and of treating none, at each threshold t (a `Counted` table)."
+    models = p if isinstance(p, dict) else {"model": p}
+    if not models: raise InputError("p must be predicted probabilities, or a dict of them by model name")
+    y = _outcome(y)
+    pp = {}
+    for name, q in models.items():
+        if name in ("treat_all", "treat_none"): raise InputError(f"a model cannot be called {name!r}")
+        pp[name] = _y_p(y, q)[1]
     t = _numeric(thresholds, "thresholds")
     if ((t <= 0) | (t >= 1)).any(): raise InputError(f"thresholds must be strictly between 0 and 1; got {t[(t <= 0) | (t >= 1)][:3].tolist()}")
-    n, prevalence = len(y), y.mean()
+    if len(np.unique(t)) != len(t): raise InputError("thresholds must be different from each other")
+    n, events = len(y), int(y.sum())
+    idx = pd.Index(t, name="threshold")
     above = lambda s: len(s) - np.searchsorted(np.sort(s), t, side="left")    # how many of s are >= each t
-    tp, fp = above(p[y == 1]), above(p[y == 0])
-    w = t / (1 - t)
-    return pd.DataFrame({"threshold": t, "model": tp / n - fp / n * w,
-                         "treat_all": prevalence - (1 - prevalence) * w, "treat_none": 0.0})
+    cnt = pd.DataFrame({"events": events, "non_events": n - events}, index=idx)
+    relations = []
+    for name, q in pp.items():
+        tp, fp = above(q[y == 1]), above(q[y == 0])
+        cnt[f"{name}|tp"], cnt[f"{name}|fn"], cnt[f"{name}|fp"], cnt[f"{name}|tn"] = tp, events - tp, fp, n - events - fp
+        relations += [([(r, f"{name}|tp"), (r, f"{name}|fn")], (r, "events")) for r in idx]
+        relations += [([(r, f"{name}|fp"), (r, f"{name}|tn")], (r, "non_events")) for r in idx]
+    w = pd.Series(t / (1 - t), index=idx)
+
+    def render(c: pd.DataFrame) -> pd.DataFrame:
+        "Net benefit where the threshold's true and false positives and negatives are all known."
+        out = pd.DataFrame(index=idx)
+        for name in pp:
+            cols = [f"{name}|{x}" for x in ("tp", "fn", "fp", "tn")]
+            nb = c[f"{name}|tp"] / n - c[f"{name}|fp"] / n * w
+            out[name] = nb.where(c[cols].notna().all(axis=1))
+        prev = c["events"] / n
+        out["treat_all"] = (prev - (1 - prev) * w).where(c[["events", "non_events"]].notna().all(axis=1))
+        out["treat_none"] = 0.0
+        return out
+    # a zero at an extreme threshold (no events below it) describes the model, not a person
+    return Counted(render(cnt.astype(float)), cnt, relations, render=render, zeros_ok=True, caption="net benefit")
+
+# %% ../nbs/08_stats.ipynb #cffdfe65
+def participant_flow(attrition: pd.DataFrame) -> Counted:
+    "A cohort's attrition (a row per step: `description`, `persons`, `records` remaining) as a `Counted` table that also protects the numbers excluded."
+    if not isinstance(attrition, pd.DataFrame): raise InputError(f"attrition must be a DataFrame; got {type(attrition).__name__}")
+    _columns(attrition, "description", "persons", "records")
+    a = attrition.reset_index(drop=True)
+    labels = [f"{i}. {d}" for i, d in enumerate(a["description"].astype(str))]      # numbered: steps may share a name
+    idx = pd.Index(labels, name="step")
+    k = pd.DataFrame({"persons": a["persons"].to_numpy(), "records": a["records"].to_numpy()}, index=idx)
+    for c in ("persons", "records"):
+        k[f"{c}_excluded"] = np.r_[0, -np.diff(k[c].to_numpy())]
+    bad = (k[["persons_excluded", "records_excluded"]] < 0).any(axis=1)
+    if bad.any(): raise InputError(f"attrition must not grow from one step to the next; it does at {bad[bad].index[0]!r}")
+    relations = [([(b, c), (b, f"{c}_excluded")], (a_, c)) for a_, b in zip(idx[:-1], idx[1:]) for c in ("persons", "records")]
+    published = pd.DataFrame({"persons": True, "records": True, "persons_excluded": False, "records_excluded": False}, index=idx)
+    zeros_ok = pd.DataFrame({"persons": False, "records": False, "persons_excluded": True, "records_excluded": True}, index=idx)
+    return Counted(k[["persons", "records"]].copy(), k, relations, published=published, render=lambda c: c[["persons", "records"]],
+                   count_columns=("persons", "records"), zeros_ok=zeros_ok, caption="participant flow")
+
+def outcome_counts(y, groups) -> Counted:
+    "Records and events of a 0/1 outcome by group (e.g. the training and test split) and overall, as a `Counted` table."
+    y = _outcome(y)
+    g = pd.Series(np.asarray(groups, dtype=object))
+    if len(g) != len(y): raise InputError(f"groups must have the same length as y; got {len(g)} and {len(y)}")
+    if g.isna().any(): raise InputError(f"groups has {int(g.isna().sum())} missing value(s); label them first")
+    levels = _levels(g)
+    idx = pd.Index([str(lv) for lv in levels] + [MARGIN], name="group")
+    masks = [(g == lv).to_numpy() for lv in levels] + [np.ones(len(y), dtype=bool)]
+    k = pd.DataFrame({"records": [int(m.sum()) for m in masks], "events": [int(y[m].sum()) for m in masks]}, index=idx)
+    k["non_events"] = k.records - k.events
+    relations = [([(r, c) for r in idx[:-1]], (MARGIN, c)) for c in k.columns] + \
+                [([(r, "events"), (r, "non_events")], (r, "records")) for r in idx]
+    return Counted(k[["records", "events"]].copy(), k, relations, render=lambda c: c[["records", "events"]],
+                   count_columns=("records", "events"), caption="outcome counts")
+
+def performance(y, predictions: dict, alpha: float = 0.05) -> Counted:
+    "Discrimination and calibration of each model on one test set: AUROC (DeLong CI), AUPRC, Brier, calibration-in-the-large, intercept, slope (Wald CIs), O/E — a `Counted` table."
+    if not isinstance(predictions, dict) or not predictions: raise InputError("predictions must be a dict of predicted probabilities by model name")
+    y = _outcome(y)
+    rows = []
+    for name, p in predictions.items():
+        a, cal = auroc(y, p, alpha), calibration(y, p, alpha)
+        rows += [dict(model=name, metric="AUROC", value=a.value, lo=a.lo, hi=a.hi),
+                 dict(model=name, metric="AUPRC", value=auprc(y, p), lo=np.nan, hi=np.nan),
+                 dict(model=name, metric="Brier score", value=brier(y, p), lo=np.nan, hi=np.nan),
+                 dict(model=name, metric="calibration-in-the-large", value=cal["citl"], lo=cal["citl_lo"], hi=cal["citl_hi"]),
+                 dict(model=name, metric="calibration intercept", value=cal["intercept"], lo=cal["intercept_lo"], hi=cal["intercept_hi"]),
+                 dict(model=name, metric="calibration slope", value=cal["slope"], lo=cal["slope_lo"], hi=cal["slope_hi"]),
+                 dict(model=name, metric="observed/expected", value=cal["oe"], lo=np.nan, hi=np.nan)]
+    table = pd.DataFrame(rows).set_index(["model", "metric"])
+    return Counted.of_statistics(table, caption="performance", records=len(y), events=int(y.sum()), non_events=int(len(y) - y.sum()))
 
 # %% ../nbs/08_stats.ipynb #6fdae46e
 def _km_group(t: np.ndarray, e: np.ndarray, z: float, grid: np.ndarray | None) -> dict:
@@ -332,10 +473,13 @@ def _km_group(t: np.ndarray, e: np.ndarray, z: float, grid: np.ndarray | None) -
                     survival=s, lo=lo, hi=hi)
     j = np.searchsorted(times, grid, side="right") - 1            # last distinct time <= each grid time
     at = lambda a: np.where(j >= 0, a[np.maximum(j, 0)], 1.0)   # S = 1 before the first time
-    ended = np.searchsorted(t, grid, side="right")               # people whose follow-up ended by each grid time
-    ev = np.r_[0, np.cumsum(e)][ended].round().astype("int64")   # ... and how many of them had the event
-    return dict(time=grid, at_risk=len(t) - np.searchsorted(t, grid, side="left"),
-                events=np.diff(ev, prepend=0), censored=np.diff(ended - ev, prepend=0),
+    # row k is the interval [grid_k, grid_k+1) (the last one open-ended): at risk at its start, what ended in it,
+    # so that each row's at_risk is the previous one's minus its events and censorings, exactly
+    start = np.searchsorted(t, grid, side="left")                # people whose follow-up ended before each grid time
+    end = np.r_[start[1:], len(t)]
+    cum = np.r_[0, np.cumsum(e)].round().astype("int64")
+    events = cum[end] - cum[start]
+    return dict(time=grid, at_risk=len(t) - start, events=events, censored=(end - start) - events,
                 survival=at(s), lo=at(lo), hi=at(hi))
 
 def kaplan_meier(time, event, group=None, times=None, alpha: float = 0.05) -> pd.DataFrame:
@@ -480,8 +624,11 @@ def _figure(**kw):
     from matplotlib.figure import Figure
     return Figure(**kw)
 
-def plot_calibration(bins: pd.DataFrame):
-    "Calibration plot from `calibration_bins`: observed event rate against mean prediction per bin, with the diagonal."
+def _frame(t) -> pd.DataFrame: return t.table if isinstance(t, Counted) else t
+
+def plot_calibration(bins: pd.DataFrame | Counted):
+    "Calibration plot from `calibration_bins` (or its published table): observed event rate against mean prediction per bin, with the diagonal."
+    bins = _frame(bins).astype({"mean_predicted": float, "observed": float})
     fig = _figure(figsize=(4.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     top = float(max(bins["mean_predicted"].max(), bins["observed"].max())) * 1.05
@@ -491,13 +638,16 @@ def plot_calibration(bins: pd.DataFrame):
     ax.legend(loc="upper left", frameon=False)
     return fig
 
-def plot_decision_curve(nb: pd.DataFrame):
-    "Decision curve from `net_benefit`: the model, treat all and treat none against the threshold probability."
+def plot_decision_curve(nb: pd.DataFrame | Counted):
+    "Decision curve from `net_benefit` (or its published table): each model, treat all and treat none against the threshold probability."
+    nb = _frame(nb).astype(float)
     fig = _figure(figsize=(5.5, 4), layout="constrained")
     ax = fig.add_subplot()
-    for col, style in (("model", dict(lw=2)), ("treat_all", dict(color="grey")), ("treat_none", dict(color="black", ls=":"))):
-        ax.plot(nb["threshold"], nb[col], label=col.replace("_", " "), **style)
-    top = float(max(nb["model"].max(), nb["treat_all"].max(), 0.01))
+    models = [c for c in nb.columns if c not in ("treat_all", "treat_none")]
+    styles = [(m, dict(lw=2)) for m in models] + [("treat_all", dict(color="grey")), ("treat_none", dict(color="black", ls=":"))]
+    for col, style in styles:
+        ax.plot(nb.index.to_numpy(float), nb[col], label=col.replace("_", " "), **style)
+    top = float(np.nanmax([nb[m].max() for m in models] + [nb["treat_all"].max(), 0.01]))
     ax.set(ylim=(-0.1 * top, 1.1 * top), xlabel="threshold probability", ylabel="net benefit")
     ax.legend(frameon=False)
     return fig

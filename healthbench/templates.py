@@ -347,10 +347,15 @@ def template_cohort(cohort_json: str, example):
     "The cohort from `cohort_json` (JSON text or a file path), or the template's `example` when empty."
     return _parse_cohort(cohort_json) if cohort_json else example
 
-def template_session(out_dir: str | Path, rules: str = "uk_default"):
-    "A disclosure `Session` writing into `out_dir/outputs` under `rules` (a preset name or YAML file)."
-    from healthbench.disclosure import Session
-    return Session(_parse_rules(rules), folder=Path(out_dir) / "outputs")
+def template_session(out_dir: str | Path, rules: str = "uk_default", cdm=None):
+    "A disclosure `Session` writing into `out_dir/outputs` under `rules`, with the project folder's release ledger for `cdm`."
+    from healthbench.release import Session, Ledger
+    out = Path(out_dir).resolve()
+    # the project folder holding the run folders keeps the ledger of what left it (not a scratch run's temp folder)
+    temporary = out.parent == Path(tempfile.gettempdir()).resolve() and out.name.startswith("healthbench-")
+    ledger = None if temporary or cdm is None else Ledger(out.parent / ".healthbench-ledger")
+    return Session(_parse_rules(rules), folder=out / "outputs", ledger=ledger,
+                   source=cdm.fingerprint()["hash"] if cdm is not None else None)
 
 def template_out_dir(out_dir: str) -> Path:
     "The run folder: `out_dir`, or a new temporary folder when empty (papermill and nbdev-test runs)."
