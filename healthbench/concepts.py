@@ -24,8 +24,10 @@ MAX_CONCEPT_ID = 2**63 - 1   # OMOP concept ids are positive and fit a signed 64
 
 def _show(v, width: int = 60) -> str:
     "`repr(v)` cut to `width` characters, so that a huge number or text quoted in an error message stays readable."
-    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 128:
-        return f"a {'negative ' if v < 0 else ''}number of about {int(v.bit_length() * 0.30103)} digits"
+    if isinstance(v, int) and not isinstance(v, bool):   # Python will not write an int of over 4,300 digits
+        r = repr(v) if v.bit_length() < 14_000 else None
+        if r is None or len(r) > width: return f"a number of {'more than 4,000' if r is None else len(r.lstrip('-'))} digits"
+        return r
     r = repr(v)
     return r if len(r) <= width else r[:width - 1] + "…"
 
@@ -48,6 +50,7 @@ class ConceptSet:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
             raise InputError(f"a concept set needs a non-empty name; got {_show(self.name)}")
+        if "\x00" in self.name: raise InputError(f"a concept set name cannot contain a NUL character (\\x00); got {_show(self.name)}")
         def bad(msg): raise InputError(f"concept set {self.name!r}: {msg}")
         if not isinstance(self.on_unknown, str) or self.on_unknown not in ("error", "warn"):
             bad(f"on_unknown must be 'error' or 'warn'; got {_show(self.on_unknown)}")
