@@ -6,13 +6,13 @@ Docs: https://github.com/healthbench/healthbench/atlas.html.md"""
 
 # %% ../nbs/05a_atlas.ipynb #ff0d6f13
 from __future__ import annotations
-import json
+import os
 from pathlib import Path
 
-from .errors import UnsupportedAtlasFeature, CohortDefinitionError, InputError
-from .concepts import ConceptSet
+from .errors import UnsupportedAtlasFeature, CohortDefinitionError, HealthbenchError, InputError
+from .concepts import ConceptSet, _concept_id_problem, _show
 from .cohort import (Cohort, EntryEvent, Demographics, InclusionRule, Exit, Criterion, Group, Window,
-                                ValueRange)
+                                ValueRange, MAX_AGE, MAX_COUNT, _Reader, _check_depth, _kind, _load_json)
 
 # %% auto #0
 __all__ = ['from_atlas']
@@ -22,70 +22,113 @@ _DOMAIN = {"ConditionOccurrence": "condition", "DrugExposure": "drug", "Measurem
            "Observation": "observation", "VisitOccurrence": "visit"}
 _OCCURRENCE = {0: "exactly", 1: "at_most", 2: "at_least"}
 _GENDER = {8507: "male", 8532: "female"}
+_r = _Reader()   # the type and bound checks of Cohort.from_dict, with ATLAS paths
 
 def _unsupported(path: str, what: str = ""):
     raise UnsupportedAtlasFeature(f"unsupported: {path}{f' ({what})' if what else ''}", path=path)
 
+def _obj(v, path: str, optional: bool = True) -> dict:
+    "`v` if it is an object; `{}` when an optional one is null."
+    if v is None and optional: return {}
+    if not isinstance(v, dict): _r.fail(path, f"expected an object, got {_kind(v)}")
+    return v
+
+def _list(v, path: str) -> list:
+    "`v` if it is a list; `[]` when it is null."
+    return _r.list_(v, path, optional=True) or []
+
+def _text(v, path: str):
+    "`v` if it is text or null."
+    if v is not None and not isinstance(v, str): _r.fail(path, f"expected a string, got {_kind(v)}")
+    return v
+
+def _flag(v, path: str) -> bool:
+    "`v` as a boolean: true, false or null (false); text such as \"false\" is refused, not read as true."
+    if v is not None and not isinstance(v, bool): _r.fail(path, f"expected true or false, got {_kind(v)}")
+    return bool(v)
+
 def _only(d: dict, path: str, allowed, ignore_falsy=()):
     "Refuse keys outside `allowed`; keys in `ignore_falsy` are accepted when false/null/empty."
+    _obj(d, path, optional=False)
     for k, v in d.items():
         if k in allowed: continue
         if k in ignore_falsy and not v: continue
-        _unsupported(f"{path}.{k}" if path else k)
+        _unsupported(f"{path}.{k}" if path else str(k))
 
 def _age(a: dict, path: str) -> tuple[int | None, int | None]:
     _only(a, path, ("Value", "Op", "Extent"))
-    op, v, x = a.get("Op"), a.get("Value"), a.get("Extent")
+    op = _text(a.get("Op"), f"{path}.Op")
+    if op not in ("gte", "gt", "lte", "lt", "eq", "bt"): _unsupported(f"{path}.Op", f"age operator {op!r}")
+    v = _r.int_(a.get("Value"), f"{path}.Value", 1 if op == "lt" else 0, MAX_AGE - 1 if op == "gt" else MAX_AGE)
     if op == "gte": return v, None
     if op == "gt": return v + 1, None
     if op == "lte": return None, v
     if op == "lt": return None, v - 1
     if op == "eq": return v, v
-    if op == "bt": return v, x
-    _unsupported(f"{path}.Op", f"age operator {op!r}")
+    x = _r.int_(a.get("Extent"), f"{path}.Extent", v, MAX_AGE)
+    return v, x
 
 def _value(a: dict, path: str) -> ValueRange:
     _only(a, path, ("Value", "Op", "Extent"))
-    op, v, x = a.get("Op"), a.get("Value"), a.get("Extent")
+    op = _text(a.get("Op"), f"{path}.Op")
+    if op not in ("gte", "lte", "eq", "bt"): _unsupported(f"{path}.Op", f"value operator {op!r}; healthbench value ranges are inclusive")
+    v = _r.num(a.get("Value"), f"{path}.Value")
+    if v is None: _r.fail(f"{path}.Value", "required field is missing")
     if op == "gte": return ValueRange(v, None)
     if op == "lte": return ValueRange(None, v)
     if op == "eq": return ValueRange(v, v)
-    if op == "bt": return ValueRange(v, x)
-    _unsupported(f"{path}.Op", f"value operator {op!r}; healthbench value ranges are inclusive")
+    x = _r.num(a.get("Extent"), f"{path}.Extent")
+    if x is None: _r.fail(f"{path}.Extent", "required field is missing: 'bt' needs a Value and an Extent")
+    if x < v: _r.fail(f"{path}.Extent", f"the range is empty: Extent ({x}) is below Value ({v})")
+    return ValueRange(v, x)
 
 def _criteria(c: dict, path: str, sets: dict, allowed=("CodesetId",)):
+    _obj(c, path, optional=False)
     if len(c) != 1: _unsupported(path, "expected one criterion type")
     (kind, body), = c.items()
     if kind not in _DOMAIN: _unsupported(f"{path}.{kind}")
     _only(body, f"{path}.{kind}", allowed)
     if body.get("CodesetId") is None: _unsupported(f"{path}.{kind}", "a criterion without a concept set")
-    if body["CodesetId"] not in sets: raise CohortDefinitionError(f"unknown CodesetId {body['CodesetId']}", path=f"{path}.{kind}.CodesetId")
-    return _DOMAIN[kind], sets[body["CodesetId"]], body
+    codeset = _r.int_(body["CodesetId"], f"{path}.{kind}.CodesetId")
+    if codeset not in sets: raise CohortDefinitionError(f"unknown CodesetId {_show(codeset)}; the concept set ids are {sorted(sets)}", path=f"{path}.{kind}.CodesetId")
+    return _DOMAIN[kind], sets[codeset], body
 
 def _bound(b, path):
     if b is None: return None
     _only(b, path, ("Days", "Coeff"))
-    return None if b.get("Days") is None else b["Days"] * b.get("Coeff", 1)
+    days, coeff = _r.days(b.get("Days"), f"{path}.Days", optional=True), b.get("Coeff", 1)
+    if days is None and coeff is None: return None
+    if isinstance(coeff, bool) or coeff not in (-1, 1) or not isinstance(coeff, int):
+        _r.fail(f"{path}.Coeff", f"expected -1 (days before) or 1 (days after), got {_kind(coeff)}")
+    return None if days is None else days * coeff
 
 def _correlated(item: dict, path: str, sets: dict) -> Criterion:
     _only(item, path, ("Criteria", "StartWindow", "Occurrence"), ignore_falsy=("RestrictVisit", "IgnoreObservationPeriod", "EndWindow"))
+    if "Criteria" not in item: _r.fail(f"{path}.Criteria", "required field is missing")
     domain, cs, body = _criteria(item["Criteria"], f"{path}.Criteria", sets, allowed=("CodesetId", "ValueAsNumber"))
     kind = next(iter(item["Criteria"]))
-    value = _value(body["ValueAsNumber"], f"{path}.Criteria.{kind}.ValueAsNumber") if body.get("ValueAsNumber") else None
-    w = item.get("StartWindow") or {}
+    vpath = f"{path}.Criteria.{kind}.ValueAsNumber"
+    value = _value(body["ValueAsNumber"], vpath) if _obj(body.get("ValueAsNumber"), vpath) else None
+    w = _obj(item.get("StartWindow"), f"{path}.StartWindow")
     _only(w, f"{path}.StartWindow", ("Start", "End"), ignore_falsy=("UseIndexEnd", "UseEventEnd"))
-    occ = item.get("Occurrence") or {"Type": 2, "Count": 1}
+    occ = _obj(item.get("Occurrence"), f"{path}.Occurrence") or {"Type": 2, "Count": 1}
     _only(occ, f"{path}.Occurrence", ("Type", "Count"), ignore_falsy=("IsDistinct", "CountColumn"))
-    if occ.get("Type") not in _OCCURRENCE: _unsupported(f"{path}.Occurrence.Type", f"occurrence type {occ.get('Type')!r}")
-    return Criterion(cs, domain, Window(_bound(w.get("Start"), f"{path}.StartWindow.Start"), _bound(w.get("End"), f"{path}.StartWindow.End")),
-                     _OCCURRENCE[occ["Type"]], occ.get("Count", 1), value)
+    t = occ.get("Type")
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int)):
+        _r.fail(f"{path}.Occurrence.Type", f"expected 0 (exactly), 1 (at most) or 2 (at least), got {_kind(t)}")
+    if t not in _OCCURRENCE: _unsupported(f"{path}.Occurrence.Type", f"occurrence type {t!r}")
+    start, end = _bound(w.get("Start"), f"{path}.StartWindow.Start"), _bound(w.get("End"), f"{path}.StartWindow.End")
+    return Criterion(cs, domain, Window(start, end), _OCCURRENCE[t],
+                     _r.int_(occ.get("Count", 1), f"{path}.Occurrence.Count", 0, MAX_COUNT), value)
 
 def _group(expr: dict, path: str, sets: dict) -> Group:
-    kind = {"ALL": "all", "ANY": "any"}.get(expr.get("Type"))
-    if kind is None: _unsupported(f"{path}.Type", f"group type {expr.get('Type')!r}")
+    _obj(expr, path, optional=False)
+    t = _text(expr.get("Type"), f"{path}.Type")
+    kind = {"ALL": "all", "ANY": "any"}.get(t)
+    if kind is None: _unsupported(f"{path}.Type", f"group type {t!r}")
     _only(expr, path, ("Type", "CriteriaList", "Groups"), ignore_falsy=("DemographicCriteriaList", "Count"))
-    items = [_correlated(c, f"{path}.CriteriaList[{i}]", sets) for i, c in enumerate(expr.get("CriteriaList") or [])]
-    items += [_group(g, f"{path}.Groups[{i}]", sets) for i, g in enumerate(expr.get("Groups") or [])]
+    items = [_correlated(c, f"{path}.CriteriaList[{i}]", sets) for i, c in enumerate(_list(expr.get("CriteriaList"), f"{path}.CriteriaList"))]
+    items += [_group(g, f"{path}.Groups[{i}]", sets) for i, g in enumerate(_list(expr.get("Groups"), f"{path}.Groups"))]
     if not items: _unsupported(path, "an empty group")
     return Group(kind, items)
 
@@ -94,57 +137,88 @@ def _concept_sets(raw: list) -> tuple[dict, list[ConceptSet]]:
     for i, cs in enumerate(raw):
         path = f"ConceptSets[{i}]"
         _only(cs, path, ("id", "name", "expression"))
-        items = (cs.get("expression") or {}).get("items") or []
+        items = _list(_obj(cs.get("expression"), f"{path}.expression").get("items"), f"{path}.expression.items")
         include, exclude, flags = [], [], set()
         for k, it in enumerate(items):
-            _only(it, f"{path}.expression.items[{k}]", ("concept", "isExcluded", "includeDescendants"), ignore_falsy=("includeMapped",))
-            cid = (it.get("concept") or {}).get("CONCEPT_ID")
-            if not isinstance(cid, int): raise CohortDefinitionError("item without an integer CONCEPT_ID", path=f"{path}.expression.items[{k}].concept")
-            (exclude if it.get("isExcluded") else include).append(cid)
-            flags.add(bool(it.get("includeDescendants")))
+            ip = f"{path}.expression.items[{k}]"
+            _only(it, ip, ("concept", "isExcluded", "includeDescendants"), ignore_falsy=("includeMapped",))
+            concept = _obj(it.get("concept"), f"{ip}.concept")
+            cid = concept.get("CONCEPT_ID")
+            if cid is None: _r.fail(f"{ip}.concept.CONCEPT_ID", "required field is missing: each item names one concept by its id")
+            if _concept_id_problem(cid): _r.fail(f"{ip}.concept.CONCEPT_ID", _concept_id_problem(cid))
+            (exclude if _flag(it.get("isExcluded"), f"{ip}.isExcluded") else include).append(cid)
+            flags.add(_flag(it.get("includeDescendants"), f"{ip}.includeDescendants"))
         if len(flags) > 1: _unsupported(f"{path}.expression.items", "mixed includeDescendants within one concept set")
-        try: s = ConceptSet(cs.get("name") or f"concept set {cs['id']}", include=include, descendants=flags.pop() if flags else True, exclude=exclude)
-        except Exception as e: raise CohortDefinitionError(str(e), path=path) from None
-        by_id[cs["id"]] = s.name
+        if "id" not in cs: _r.fail(f"{path}.id", "required field is missing: criteria refer to a concept set by its id")
+        sid = _r.int_(cs["id"], f"{path}.id")
+        if sid in by_id: _r.fail(f"{path}.id", f"concept set id {sid} is used twice; each CodesetId must name one concept set")
+        try: s = ConceptSet(_text(cs.get("name"), f"{path}.name") or f"concept set {sid}", include=include, descendants=flags.pop() if flags else True, exclude=exclude)
+        except HealthbenchError as e: raise CohortDefinitionError(str(e), path=path) from None
+        by_id[sid] = s.name
         out.append(s)
     names = [s.name for s in out]
     if len(set(names)) != len(names): raise CohortDefinitionError(f"concept set names must be unique; got {names}", path="ConceptSets")
     return by_id, out
 
+def _read(source):
+    "The plain data of `source`: a dict, JSON text or bytes, or the path of a JSON file."
+    if isinstance(source, dict): return source
+    if isinstance(source, (bytes, bytearray)): return _load_json(source)
+    if isinstance(source, str):
+        s = source.strip()
+        if not (s.endswith(".json") and not s.startswith(("{", "[", '"'))): return _load_json(source)
+        source = Path(source)
+    if not isinstance(source, os.PathLike):
+        raise InputError(f"from_atlas needs ATLAS JSON text, the path of a JSON file or a dict; got {type(source).__name__}")
+    p = Path(source)
+    if "\x00" in str(p): raise InputError(f"a file name cannot contain a NUL character; got {_show(str(p))}")
+    if not p.exists(): raise InputError(f"ATLAS file {p} does not exist")
+    if p.is_dir(): raise InputError(f"{p} is a folder; give the ATLAS JSON file in it")
+    try: return _load_json(p.read_bytes())
+    except OSError as e: raise InputError(f"cannot read ATLAS file {p}: {e.strerror}") from None
+
 def from_atlas(source, name: str | None = None) -> Cohort:
     "Translate an ATLAS (Circe) cohort definition — JSON text, a file path or a dict — into a healthbench `Cohort`."
-    if isinstance(source, dict): doc = source
-    else:
-        text = Path(source).read_text() if isinstance(source, Path) or (isinstance(source, str) and source.strip().endswith(".json") and Path(source).exists()) else source
-        try: doc = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as e: raise CohortDefinitionError(f"not valid JSON: {e}") from None
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise InputError(f"name must be a non-empty string or None; got {_show(name)}")
+    doc = _read(source)
+    _check_depth(doc)
+    if not isinstance(doc, dict): _r.fail("", f"expected an ATLAS cohort definition, a JSON object; got {_kind(doc)}")
     if "expression" in doc:   # an ATLAS export wrapping the expression with its name
-        name = name or doc.get("name")
+        name = name or _text(doc.get("name"), "name")
         expr = doc["expression"]
-        if isinstance(expr, str): expr = json.loads(expr)
+        if isinstance(expr, str): expr = _load_json(expr, path="expression"); _check_depth(expr, "expression")
+        _obj(expr, "expression", optional=False)
     else: expr = doc
     _only(expr, "", ("ConceptSets", "PrimaryCriteria", "QualifiedLimit", "ExpressionLimit", "InclusionRules",
                      "EndStrategy", "CollapseSettings", "cdmVersionRange", "Title"),
           ignore_falsy=("CensoringCriteria", "AdditionalCriteria", "CensorWindow"))
-    by_id, sets = _concept_sets(expr.get("ConceptSets") or [])
+    by_id, sets = _concept_sets(_list(expr.get("ConceptSets"), "ConceptSets"))
 
     pc = expr.get("PrimaryCriteria")
-    if not pc: raise CohortDefinitionError("required field is missing", path="PrimaryCriteria")
+    if pc is None or pc == {}: raise CohortDefinitionError("required field is missing", path="PrimaryCriteria")
     _only(pc, "PrimaryCriteria", ("CriteriaList", "ObservationWindow", "PrimaryCriteriaLimit"))
-    crit = pc.get("CriteriaList") or []
+    crit = _list(pc.get("CriteriaList"), "PrimaryCriteria.CriteriaList")
+    if not crit: _r.fail("PrimaryCriteria.CriteriaList", "a cohort needs a primary criterion (the events that start it); the list is empty")
     if len(crit) != 1: _unsupported("PrimaryCriteria.CriteriaList", f"{len(crit)} primary criteria; healthbench takes exactly one")
     domain, cs, body = _criteria(crit[0], "PrimaryCriteria.CriteriaList[0]", by_id,
                                  allowed=("CodesetId", "First", "Age", "Gender", "ValueAsNumber"))
     kind = next(iter(crit[0]))
-    ow = pc.get("ObservationWindow") or {}
+    ow = _obj(pc.get("ObservationWindow"), "PrimaryCriteria.ObservationWindow")
     _only(ow, "PrimaryCriteria.ObservationWindow", ("PriorDays", "PostDays"))
-    limit = ((pc.get("PrimaryCriteriaLimit") or {}).get("Type") or "All")
+    limit = _text(_obj(pc.get("PrimaryCriteriaLimit"), "PrimaryCriteria.PrimaryCriteriaLimit").get("Type"),
+                  "PrimaryCriteria.PrimaryCriteriaLimit.Type") or "All"
     if limit not in ("First", "All"): _unsupported("PrimaryCriteria.PrimaryCriteriaLimit.Type", f"limit {limit!r}")
-    value = _value(body["ValueAsNumber"], f"PrimaryCriteria.CriteriaList[0].{kind}.ValueAsNumber") if body.get("ValueAsNumber") else None
-    entry = EntryEvent(cs, domain, "first" if body.get("First") else "all", "earliest" if limit == "First" else "all",
-                       ow.get("PriorDays", 0) or 0, ow.get("PostDays", 0) or 0, value)
+    vpath = f"PrimaryCriteria.CriteriaList[0].{kind}.ValueAsNumber"
+    value = _value(body["ValueAsNumber"], vpath) if _obj(body.get("ValueAsNumber"), vpath) else None
+    first = _flag(body.get("First"), f"PrimaryCriteria.CriteriaList[0].{kind}.First")
+    prior, post = ((0 if ow.get(k) is None else ow[k]) for k in ("PriorDays", "PostDays"))
+    entry = EntryEvent(cs, domain, "first" if first else "all", "earliest" if limit == "First" else "all",
+                       _r.days(prior, "PrimaryCriteria.ObservationWindow.PriorDays", lo=0),
+                       _r.days(post, "PrimaryCriteria.ObservationWindow.PostDays", lo=0), value)
     demo = Demographics()
     def set_demo(age=None, gender=None, path=""):
+        age, gender = _obj(age, f"{path}.Age"), _list(gender, f"{path}.Gender")
         if age:
             lo, hi = _age(age, f"{path}.Age")
             if (demo.age_min, demo.age_max) != (None, None): _unsupported(f"{path}.Age", "a second age criterion")
@@ -152,29 +226,33 @@ def from_atlas(source, name: str | None = None) -> Cohort:
         if gender:
             sexes = []
             for k, g in enumerate(gender):
-                if g.get("CONCEPT_ID") not in _GENDER: _unsupported(f"{path}.Gender[{k}]", f"gender concept {g.get('CONCEPT_ID')!r}")
-                sexes.append(_GENDER[g["CONCEPT_ID"]])
+                gid = _obj(g, f"{path}.Gender[{k}]", optional=False).get("CONCEPT_ID")
+                if isinstance(gid, bool) or not isinstance(gid, int):
+                    _r.fail(f"{path}.Gender[{k}].CONCEPT_ID", f"expected a concept id (8507 male, 8532 female), got {_kind(gid)}")
+                if gid not in _GENDER: _unsupported(f"{path}.Gender[{k}]", f"gender concept {_show(gid)}")
+                sexes.append(_GENDER[gid])
             if demo.sex is not None: _unsupported(f"{path}.Gender", "a second sex criterion")
             demo.sex = sexes
-    if (body.get("Age") or body.get("Gender")) and limit == "First" and not body.get("First"):
+    if (body.get("Age") or body.get("Gender")) and limit == "First" and not first:
         _unsupported(f"PrimaryCriteria.CriteriaList[0].{kind}.Age", "Age/Gender on the primary criterion before a First limit")
     set_demo(body.get("Age"), body.get("Gender"), f"PrimaryCriteria.CriteriaList[0].{kind}")
 
     for key in ("QualifiedLimit", "ExpressionLimit"):
-        t = (expr.get(key) or {}).get("Type", "All")
+        t = _obj(expr.get(key), key).get("Type", "All")
+        _text(t, f"{key}.Type")
         if t not in ("All", "First") or (t == "First" and limit != "First" and key == "ExpressionLimit"):
             _unsupported(f"{key}.Type", f"{t!r} limit after the primary criteria")
     if limit == "All" and expr.get("CollapseSettings"):
         _unsupported("CollapseSettings", "era collapse of a person's overlapping records (PrimaryCriteriaLimit All)")
-    cs_ = expr.get("CollapseSettings") or {}
+    cs_ = _obj(expr.get("CollapseSettings"), "CollapseSettings")
     _only(cs_, "CollapseSettings", ("CollapseType",), ignore_falsy=("EraPad",))
 
     rules = []
-    for i, r in enumerate(expr.get("InclusionRules") or []):
+    for i, r in enumerate(_list(expr.get("InclusionRules"), "InclusionRules")):
         path = f"InclusionRules[{i}]"
         _only(r, path, ("name", "expression"), ignore_falsy=("description",))
-        ex = r.get("expression") or {}
-        dem = ex.get("DemographicCriteriaList") or []
+        ex = _obj(r.get("expression"), f"{path}.expression")
+        dem = _list(ex.get("DemographicCriteriaList"), f"{path}.expression.DemographicCriteriaList")
         if dem:
             if ex.get("CriteriaList") or ex.get("Groups") or ex.get("Type") != "ALL":
                 _unsupported(f"{path}.expression.DemographicCriteriaList", "demographics mixed with other criteria in one rule")
@@ -182,19 +260,21 @@ def from_atlas(source, name: str | None = None) -> Cohort:
                 _only(dc, f"{path}.expression.DemographicCriteriaList[{k}]", ("Age", "Gender"))
                 set_demo(dc.get("Age"), dc.get("Gender"), f"{path}.expression.DemographicCriteriaList[{k}]")
             continue
-        rules.append(InclusionRule(r.get("name") or f"rule {i + 1}", _group(ex, f"{path}.expression", by_id)))
+        rules.append(InclusionRule(_text(r.get("name"), f"{path}.name") or f"rule {i + 1}", _group(ex, f"{path}.expression", by_id)))
 
     es = expr.get("EndStrategy")
-    if not es: exit_ = Exit("observation_end")
+    if es is None or es == {}: exit_ = Exit("observation_end")
     else:
         _only(es, "EndStrategy", ("DateOffset",))
+        if es.get("DateOffset") is None: _r.fail("EndStrategy.DateOffset", "required field is missing")
         off = es["DateOffset"]
         _only(off, "EndStrategy.DateOffset", ("DateField", "Offset"))
-        if off.get("DateField") != "StartDate": _unsupported("EndStrategy.DateOffset.DateField", f"{off.get('DateField')!r}")
-        exit_ = Exit("fixed", days=off.get("Offset", 0))
+        field_ = _text(off.get("DateField"), "EndStrategy.DateOffset.DateField")
+        if field_ != "StartDate": _unsupported("EndStrategy.DateOffset.DateField", f"{field_!r}")
+        exit_ = Exit("fixed", days=_r.days(off.get("Offset", 0), "EndStrategy.DateOffset.Offset", lo=0))
     used = {entry.concept_set} | {c.concept_set for r in rules for c in _flatten(r.rule)}
-    cohort = Cohort(name or expr.get("Title") or "ATLAS cohort", [s for s in sets if s.name in used], entry, demo, rules, exit_,
-                    description="imported from ATLAS (Circe) JSON")
+    cohort = Cohort(name or _text(expr.get("Title"), "Title") or "ATLAS cohort", [s for s in sets if s.name in used], entry, demo,
+                    rules, exit_, description="imported from ATLAS (Circe) JSON")
     return Cohort.from_dict(cohort.to_dict())   # the same validation as any definition
 
 def _flatten(rule):

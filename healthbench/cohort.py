@@ -6,20 +6,21 @@ Docs: https://github.com/healthbench/healthbench/cohort.html.md"""
 
 # %% ../nbs/05_cohort.ipynb #c3f03aee
 from __future__ import annotations
-import json, datetime as _dt
+import json, math, datetime as _dt
 from dataclasses import dataclass, field, fields
 
 import ibis
 import pandas as pd
 
 from .errors import CohortDefinitionError, InputError
-from .concepts import ConceptSet, resolve, resolve_many
+from .concepts import ConceptSet, resolve, resolve_many, _show
 from . import vocabulary as V
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'DOMAINS', 'COUNT_OPS', 'SEX', 'ETHNICITY_LABELS', 'EXIT_STRATEGIES', 'Window', 'ValueRange',
-           'Criterion', 'Group', 'InclusionRule', 'EntryEvent', 'Demographics', 'Exit', 'Cohort', 'at_least', 'at_most',
-           'exactly', 'all_of', 'any_of', 'CohortBuilder', 'Attrition', 'CohortResult', 'GenerationCache', 'generate']
+__all__ = ['SCHEMA_VERSION', 'DOMAINS', 'COUNT_OPS', 'SEX', 'ETHNICITY_LABELS', 'EXIT_STRATEGIES', 'MAX_DAYS', 'MAX_AGE',
+           'MAX_COUNT', 'MAX_VALUE', 'MAX_DEPTH', 'Window', 'ValueRange', 'Criterion', 'Group', 'InclusionRule',
+           'EntryEvent', 'Demographics', 'Exit', 'Cohort', 'at_least', 'at_most', 'exactly', 'all_of', 'any_of',
+           'CohortBuilder', 'Attrition', 'CohortResult', 'GenerationCache', 'generate']
 
 # %% ../nbs/05_cohort.ipynb #5b5375aa
 SCHEMA_VERSION = 1
@@ -34,6 +35,11 @@ COUNT_OPS = ("at_least", "at_most", "exactly")
 SEX = {"male": V.GENDER["male"], "female": V.GENDER["female"]}
 ETHNICITY_LABELS = tuple(V.ETHNIC_GROUPS)
 EXIT_STRATEGIES = ("fixed", "observation_end", "event", "death")
+MAX_DAYS = 36_500      # window bounds, observation days and fixed exits: 100 years either way
+MAX_AGE = 130
+MAX_COUNT = 1_000_000  # the n of at_least / at_most / exactly
+MAX_VALUE = 1e15       # bounds of a value range (value_as_number)
+MAX_DEPTH = 64         # levels of JSON objects and lists in one definition
 
 @dataclass
 class Window:
@@ -148,40 +154,88 @@ def _to_json(self: Cohort, indent: int | None = 2) -> str:
 Cohort.to_dict, Cohort.to_json = _to_dict, _to_json
 
 # %% ../nbs/05_cohort.ipynb #4bb4ea69
+def _kind(v) -> str:
+    "What `v` is, in JSON's words, for error messages."
+    if v is None: return "null"
+    if isinstance(v, bool): return str(v).lower()
+    if isinstance(v, dict): return "an object"
+    if isinstance(v, (list, tuple)): return "a list"
+    if isinstance(v, str): return f"the string {_show(v)}"
+    if isinstance(v, (int, float)): return f"the number {_show(v)}"
+    return f"a Python {type(v).__name__}"
+
+def _load_json(text, path: str = ""):
+    "Plain data from JSON text (a str, or bytes in UTF-8/16/32), or a `CohortDefinitionError` saying what is wrong."
+    if not isinstance(text, (str, bytes, bytearray)): raise CohortDefinitionError(f"expected JSON text, got {_kind(text)}", path=path)
+    if isinstance(text, str) and text.startswith("\ufeff"): text = text[1:]   # a byte-order mark left by a text editor
+    try: return json.loads(text)
+    except RecursionError:
+        raise CohortDefinitionError(f"nested too deeply: JSON with more than {MAX_DEPTH} levels of objects and lists is refused", path=path) from None
+    except UnicodeDecodeError as e:
+        raise CohortDefinitionError(f"not valid JSON: the bytes are not text in UTF-8, or in UTF-16/32 with a byte-order mark "
+                                    f"({e.reason} at byte {e.start})", path=path) from None
+    except json.JSONDecodeError as e: raise CohortDefinitionError(f"not valid JSON: {e}", path=path) from None
+    except ValueError:   # Python refuses to read an integer of more than 4,300 digits
+        raise CohortDefinitionError("not valid JSON for healthbench: a number has more than 4,300 digits", path=path) from None
+
+def _check_depth(doc, path: str = "", limit: int = MAX_DEPTH):
+    "Refuse data nested more than `limit` levels deep, before anything recursive walks it (a cycle is too deep too)."
+    level, depth = ([(doc, path)] if isinstance(doc, (dict, list)) else []), 0
+    while level:   # breadth first, each container once per level: no recursion, and it stops at `limit` levels
+        depth += 1
+        if depth > limit:
+            raise CohortDefinitionError(f"nested too deeply: more than {limit} levels of objects and lists", path=level[0][1])
+        nxt = {}
+        for x, p in level:
+            for k, v in (x.items() if isinstance(x, dict) else enumerate(x)):
+                if isinstance(v, (dict, list)):
+                    nxt.setdefault(id(v), (v, p if depth > 1 else _p(path, k) if isinstance(x, dict) else f"{path}[{k}]"))
+        level = list(nxt.values())
+
 class _Reader:
-    "Walks a JSON document, checking types and refusing unknown keys, with the path in every error."
+    "Walks a JSON document, checking types and bounds and refusing unknown keys, with the path in every error."
     def fail(self, path, msg): raise CohortDefinitionError(msg, path=path)
 
     def obj(self, d, path, required=(), optional=()):
-        if not isinstance(d, dict): self.fail(path, f"expected an object, got {type(d).__name__}")
-        unknown = sorted(set(d) - set(required) - set(optional))
-        if unknown: self.fail(f"{path}.{unknown[0]}" if path else unknown[0], f"unknown field; allowed here: {sorted([*required, *optional])}")
+        if not isinstance(d, dict): self.fail(path, f"expected an object, got {_kind(d)}")
+        allowed = {*required, *optional}
+        unknown = sorted((k for k in d if k not in allowed), key=lambda k: _p("", k))
+        if unknown: self.fail(_p(path, unknown[0]), f"unknown field; allowed here: {sorted(allowed)}")
         missing = [k for k in required if k not in d]
-        if missing: self.fail(f"{path}.{missing[0]}" if path else missing[0], "required field is missing")
+        if missing: self.fail(_p(path, missing[0]), "required field is missing")
         return d
 
-    def int_(self, v, path, minimum=None, optional=False):
+    def int_(self, v, path, lo=None, hi=None, optional=False, unit=""):
         if v is None and optional: return None
-        if isinstance(v, bool) or not isinstance(v, int): self.fail(path, f"expected a whole number, got {v!r}")
-        if minimum is not None and v < minimum: self.fail(path, f"must be at least {minimum}, got {v}")
+        if isinstance(v, bool) or not isinstance(v, int): self.fail(path, f"expected a whole number, got {_kind(v)}")
+        if lo is not None and v < lo: self.fail(path, f"must be at least {lo}{unit}, got {_show(v)}")
+        if hi is not None and v > hi: self.fail(path, f"must be at most {hi}{unit}, got {_show(v)}")
         return v
+
+    def days(self, v, path, lo=-MAX_DAYS, optional=False):
+        return self.int_(v, path, lo, MAX_DAYS, optional, unit=" days")
 
     def num(self, v, path):
         if v is None: return None
-        if isinstance(v, bool) or not isinstance(v, (int, float)): self.fail(path, f"expected a number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)): self.fail(path, f"expected a number, got {_kind(v)}")
+        if isinstance(v, float) and not math.isfinite(v): self.fail(path, f"expected a finite number, got {v}")
+        if not -MAX_VALUE <= v <= MAX_VALUE: self.fail(path, f"must be between {-MAX_VALUE:g} and {MAX_VALUE:g}, got {_show(v)}")
         return v
 
     def str_(self, v, path, choices=None):
-        if not isinstance(v, str) or not v.strip(): self.fail(path, f"expected a non-empty string, got {v!r}")
-        if choices is not None and v not in choices: self.fail(path, f"{v!r} is not one of {list(choices)}")
+        if not isinstance(v, str) or not v.strip(): self.fail(path, f"expected a non-empty string, got {_kind(v)}")
+        if "\x00" in v: self.fail(path, f"contains a NUL character (\\x00); remove it: {_show(v)}")
+        if choices is not None and v not in choices: self.fail(path, f"{_show(v)} is not one of {list(choices)}")
         return v
 
     def list_(self, v, path, optional=False):
         if v is None and optional: return None
-        if not isinstance(v, list): self.fail(path, f"expected a list, got {type(v).__name__}")
+        if not isinstance(v, list): self.fail(path, f"expected a list, got {_kind(v)}")
         return v
 
-def _p(path, key): return f"{path}.{key}" if path else key
+def _p(path, key) -> str:
+    key = key if isinstance(key, str) else _show(key)   # a Python dict may have keys JSON cannot
+    return f"{path}.{key}" if path else key
 
 def _read_value(r: _Reader, d, path, domain):
     if d is None: return None
@@ -193,7 +247,7 @@ def _read_value(r: _Reader, d, path, domain):
 
 def _read_window(r: _Reader, d, path) -> Window:
     r.obj(d, path, optional=("start", "end"))
-    w = Window(r.int_(d.get("start"), _p(path, "start"), optional=True), r.int_(d.get("end"), _p(path, "end"), optional=True))
+    w = Window(r.days(d.get("start"), _p(path, "start"), optional=True), r.days(d.get("end"), _p(path, "end"), optional=True))
     if w.start is not None and w.end is not None and w.start > w.end:
         r.fail(_p(path, "start"), f"window start ({w.start}) is after its end ({w.end})")
     return w
@@ -212,16 +266,21 @@ def _read_rule(r: _Reader, d, path, sets):
     cs = r.str_(body["concept_set"], _p(cp, "concept_set"), sets)
     count = r.obj(body.get("count", {"op": "at_least", "n": 1}), _p(cp, "count"), required=("op", "n"))
     return Criterion(cs, domain, _read_window(r, body.get("window", {}), _p(cp, "window")),
-                     r.str_(count["op"], _p(cp, "count.op"), COUNT_OPS), r.int_(count["n"], _p(cp, "count.n"), minimum=0),
+                     r.str_(count["op"], _p(cp, "count.op"), COUNT_OPS), r.int_(count["n"], _p(cp, "count.n"), 0, MAX_COUNT),
                      _read_value(r, body.get("value"), _p(cp, "value"), domain))
 
 def _from_dict(d: dict) -> Cohort:
     "Read a definition from plain data, refusing unknown versions and fields with the path of the problem."
     r = _Reader()
+    _check_depth(d)
     r.obj(d, "", required=("schema_version", "name", "concept_sets", "entry"),
           optional=("description", "demographics", "inclusion_rules", "exit"))
-    if d["schema_version"] != SCHEMA_VERSION:
-        r.fail("schema_version", f"unknown schema version {d['schema_version']!r}; this healthbench reads version {SCHEMA_VERSION}")
+    version = r.int_(d["schema_version"], "schema_version")
+    if version > SCHEMA_VERSION:
+        r.fail("schema_version", f"unknown schema version {_show(version)}, newer than this healthbench, which reads version "
+                                 f"{SCHEMA_VERSION}: upgrade healthbench to read this definition")
+    if version != SCHEMA_VERSION:
+        r.fail("schema_version", f"unknown schema version {version}; this healthbench reads version {SCHEMA_VERSION}")
     name = r.str_(d["name"], "name")
     sets = []
     for i, cs in enumerate(r.list_(d["concept_sets"], "concept_sets")):
@@ -238,26 +297,28 @@ def _from_dict(d: dict) -> Cohort:
     entry = EntryEvent(r.str_(e["concept_set"], "entry.concept_set", names), domain,
                        r.str_(e.get("occurrence", "first"), "entry.occurrence", ("first", "all")),
                        r.str_(e.get("limit", "all"), "entry.limit", ("all", "earliest")),
-                       r.int_(e.get("prior_observation_days", 0), "entry.prior_observation_days", minimum=0),
-                       r.int_(e.get("post_observation_days", 0), "entry.post_observation_days", minimum=0),
+                       r.days(e.get("prior_observation_days", 0), "entry.prior_observation_days", lo=0),
+                       r.days(e.get("post_observation_days", 0), "entry.post_observation_days", lo=0),
                        _read_value(r, e.get("value"), "entry.value", domain))
-    dm = r.obj(d.get("demographics") or {}, "demographics", optional=("age", "sex", "ethnicity", "imd_quintile"))
+    dm = d.get("demographics")
+    dm = {} if dm is None else r.obj(dm, "demographics", optional=("age", "sex", "ethnicity", "imd_quintile"))
     age = dm.get("age")
     if age is not None: r.obj(age, "demographics.age", optional=("min", "max"))
     age = age or {}
-    amin = r.int_(age.get("min"), "demographics.age.min", minimum=0, optional=True)
-    amax = r.int_(age.get("max"), "demographics.age.max", minimum=0, optional=True)
+    amin = r.int_(age.get("min"), "demographics.age.min", 0, MAX_AGE, optional=True)
+    amax = r.int_(age.get("max"), "demographics.age.max", 0, MAX_AGE, optional=True)
     if dm.get("age") is not None and amin is None and amax is None:
         r.fail("demographics.age", "give min and/or max; use null for no age criterion")
     if amin is not None and amax is not None and amin > amax: r.fail("demographics.age.min", f"minimum age ({amin}) is above maximum ({amax})")
-    def choices(key, allowed):
+    def choices(key, allowed, kind):
         v = r.list_(dm.get(key), f"demographics.{key}", optional=True)
         if v is None: return None
         if not v: r.fail(f"demographics.{key}", "an empty list would exclude everyone; use null to not filter")
         for i, x in enumerate(v):
-            if x not in allowed: r.fail(f"demographics.{key}[{i}]", f"{x!r} is not one of {list(allowed)}")
+            if isinstance(x, bool) or not isinstance(x, kind) or x not in allowed: r.fail(f"demographics.{key}[{i}]", f"{_show(x)} is not one of {list(allowed)}")
         return list(v)
-    demo = Demographics(amin, amax, choices("sex", SEX), choices("ethnicity", ETHNICITY_LABELS), choices("imd_quintile", (1, 2, 3, 4, 5)))
+    demo = Demographics(amin, amax, choices("sex", SEX, str), choices("ethnicity", ETHNICITY_LABELS, str),
+                        choices("imd_quintile", (1, 2, 3, 4, 5), int))
     rules = []
     for i, ir in enumerate(r.list_(d.get("inclusion_rules", []), "inclusion_rules")):
         path = f"inclusion_rules[{i}]"
@@ -272,18 +333,17 @@ def _from_dict(d: dict) -> Cohort:
     extra = sorted(set(x) - allowed)
     if extra: r.fail(f"exit.{extra[0]}", f"not used by the {strategy!r} exit strategy")
     ex = Exit(strategy)
-    if strategy == "fixed": ex.days = r.int_(x.get("days"), "exit.days", minimum=0)
+    if strategy == "fixed": ex.days = r.days(x.get("days"), "exit.days", lo=0)
     if strategy == "event":
         ex.domain = r.str_(x.get("domain"), "exit.domain", DOMAINS)
         ex.concept_set = r.str_(x.get("concept_set"), "exit.concept_set", names)
-    return Cohort(name, sets, entry, demo, rules, ex, description=d.get("description", "") or "")
+    description = d.get("description")
+    if description is not None and not isinstance(description, str): r.fail("description", f"expected a string, got {_kind(description)}")
+    return Cohort(name, sets, entry, demo, rules, ex, description=description or "")
 
 def _from_json(text: str) -> Cohort:
     "Read a definition from JSON text."
-    try: d = json.loads(text)
-    except (TypeError, json.JSONDecodeError) as e:
-        raise CohortDefinitionError(f"not valid JSON: {e}") from None
-    return _from_dict(d)
+    return _from_dict(_load_json(text))
 
 Cohort.from_dict, Cohort.from_json = staticmethod(_from_dict), staticmethod(_from_json)
 

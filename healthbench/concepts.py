@@ -6,7 +6,7 @@ Docs: https://github.com/healthbench/healthbench/concepts.html.md"""
 
 # %% ../nbs/04_concepts.ipynb #a7db765d
 from __future__ import annotations
-import csv, io, os, warnings
+import codecs, csv, io, numbers, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +16,27 @@ import pandas as pd
 from .errors import InputError, ConceptError, UnknownConceptWarning
 
 # %% auto #0
-__all__ = ['DOMAINS', 'ConceptSet', 'concept_set', 'resolve', 'resolve_many', 'from_codelist', 'search_concepts']
+__all__ = ['MAX_CONCEPT_ID', 'DOMAINS', 'MAX_SEARCH_ROWS', 'ConceptSet', 'concept_set', 'resolve', 'resolve_many',
+           'from_codelist', 'search_concepts']
 
 # %% ../nbs/04_concepts.ipynb #73674d86
+MAX_CONCEPT_ID = 2**63 - 1   # OMOP concept ids are positive and fit a signed 64-bit integer
+
+def _show(v, width: int = 60) -> str:
+    "`repr(v)` cut to `width` characters, so that a huge number or text quoted in an error message stays readable."
+    if isinstance(v, int) and not isinstance(v, bool):   # Python will not write an int of over 4,300 digits
+        r = repr(v) if v.bit_length() < 14_000 else None
+        if r is None or len(r) > width: return f"a number of {'more than 4,000' if r is None else len(r.lstrip('-'))} digits"
+        return r
+    r = repr(v)
+    return r if len(r) <= width else r[:width - 1] + "…"
+
+def _concept_id_problem(v) -> str | None:
+    "Why `v` is not an OMOP concept id, or `None` when it is one."
+    if isinstance(v, bool) or not isinstance(v, int): return f"expected a whole number, got {_show(v)}"
+    if not 1 <= v <= MAX_CONCEPT_ID: return f"concept ids run from 1 to {MAX_CONCEPT_ID}, got {_show(v)}"
+    return None
+
 @dataclass
 class ConceptSet:
     "A named set of OMOP concepts: ids and/or vocabulary codes, optionally with descendants, minus exclusions."
@@ -31,14 +49,25 @@ class ConceptSet:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
-            raise InputError("a concept set needs a non-empty name")
-        if self.on_unknown not in ("error", "warn"):
-            raise InputError(f"on_unknown must be 'error' or 'warn'; got {self.on_unknown!r}")
+            raise InputError(f"a concept set needs a non-empty name; got {_show(self.name)}")
+        if "\x00" in self.name: raise InputError(f"a concept set name cannot contain a NUL character (\\x00); got {_show(self.name)}")
+        def bad(msg): raise InputError(f"concept set {self.name!r}: {msg}")
+        if not isinstance(self.on_unknown, str) or self.on_unknown not in ("error", "warn"):
+            bad(f"on_unknown must be 'error' or 'warn'; got {_show(self.on_unknown)}")
+        if not isinstance(self.descendants, bool): bad(f"descendants must be True or False; got {_show(self.descendants)}")
         for label, ids in (("include", self.include), ("exclude", self.exclude)):
-            bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
-            if bad: raise InputError(f"concept set {self.name!r}: {label} must be integer concept ids; got {bad}")
+            if not isinstance(ids, (list, tuple, set, frozenset)): bad(f"{label} must be a list of concept ids; got {_show(ids)}")
+            wrong = [i for i in ids if _concept_id_problem(i)]
+            if wrong: bad(f"{label} must be integer concept ids from 1 to {MAX_CONCEPT_ID}; got {_show(wrong)}")
+        if not isinstance(self.codes, dict):
+            bad(f"codes must map vocabulary ids to lists of codes, e.g. {{'SNOMED': ['44054006']}}; got {_show(self.codes)}")
+        for vocab, cs in self.codes.items():
+            if not isinstance(vocab, str) or not vocab.strip(): bad(f"codes: a vocabulary id must be a non-empty string; got {_show(vocab)}")
+            if not isinstance(cs, (list, tuple, set, frozenset)): bad(f"codes[{vocab!r}] must be a list of codes; got {_show(cs)}")
+            wrong = [c for c in cs if isinstance(c, bool) or not isinstance(c, (str, int)) or (isinstance(c, str) and not c.strip())]
+            if wrong: bad(f"codes[{vocab!r}] must be non-empty codes (text or whole numbers); got {_show(wrong)}")
         self.include, self.exclude = sorted(set(self.include)), sorted(set(self.exclude))
-        self.codes = {str(v): sorted({str(c) for c in cs}) for v, cs in self.codes.items()}
+        self.codes = {v: sorted({str(c) for c in cs}) for v, cs in self.codes.items()}
         if not self.include and not any(self.codes.values()):
             raise ConceptError(f"concept set {self.name!r} has no concepts: give concept ids or codes")
 
@@ -100,39 +129,104 @@ def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
     return out
 
 # %% ../nbs/04_concepts.ipynb #c33cc1b1
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))   # UTF-32-LE's mark begins with UTF-16-LE's
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")   # control characters other than tab and line ends
+_UTF8_MULTIBYTE = re.compile(rb"[\xc2-\xdf][\x80-\xbf]|[\xe0-\xef][\x80-\xbf]{2}|[\xf0-\xf4][\x80-\xbf]{3}")
+
+def _line(text: str, i: int) -> int: return text.count("\n", 0, i) + 1
+
+def _check_text(text: str, label: str) -> str:
+    "`text`, unless it holds control characters (binary data, or bytes of another encoding)."
+    bad = _CONTROL.search(text)
+    if bad:
+        bad = bad.start()
+        raise InputError(f"{label}: line {_line(text, bad)}: {text[bad]!r} is not text in UTF-8 or Latin-1 (a Windows-1252 "
+                         "file, or not a text file at all): save the code list as a UTF-8 CSV")
+    return text
+
+def _decode(data: bytes, label: str) -> str:
+    "The text of a code list file's bytes (see above), or an `InputError` naming the file and line."
+    enc = next((e for bom, e in _BOMS if data.startswith(bom)), None)
+    if enc is not None:
+        try: return _check_text(data.decode(enc), label)
+        except UnicodeDecodeError as e:
+            raise InputError(f"{label}: line {_line(data[:e.start].decode(enc, 'replace'), e.start)}: not valid {enc.upper()} "
+                             f"text, although the file starts with a {enc.upper()} byte-order mark") from None
+    text = data.decode("latin-1")   # one character per byte: positions are byte offsets
+    if "\x00" in text:
+        raise InputError(f"{label}: line {_line(text, text.index(chr(0)))}: a NUL byte; this is not a text file (or it is "
+                         "UTF-16 without a byte-order mark): save the code list as a UTF-8 CSV")
+    try: return _check_text(data.decode("utf-8"), label)
+    except UnicodeDecodeError as e: where = e.start
+    _check_text(text, label)
+    utf8 = _UTF8_MULTIBYTE.search(data)
+    if utf8:
+        raise InputError(f"{label}: line {_line(text, where)}: byte {data[where]:#04x} is not UTF-8, yet line "
+                         f"{_line(text, utf8.start())} is UTF-8 text: the file mixes encodings; save it as UTF-8")
+    warnings.warn(f"{label} is not UTF-8 (line {_line(text, where)}: byte {data[where]:#04x}); it was read as Latin-1 "
+                  "(ISO-8859-1), the only reading in which all of it is printable text: check accented terms, and save it "
+                  "as UTF-8 to silence this warning", UserWarning, stacklevel=3)
+    return text
+
 def from_codelist(source: str | os.PathLike | io.IOBase, *, name: str | None = None, vocabulary: str = "SNOMED",
                   code_column: str = "code", category_column: str | None = None, category: str | None = None,
                   descendants: bool = False, on_unknown: str = "warn") -> ConceptSet:
     "A concept set from an OpenSAFELY-style codelist CSV (a code column, optionally a category column)."
-    if isinstance(source, io.IOBase): text, label = source.read(), "codelist"
-    else:
+    for arg, v, optional in (("name", name, True), ("vocabulary", vocabulary, False), ("code_column", code_column, False),
+                             ("category_column", category_column, True), ("category", category, True)):
+        if not (v is None and optional) and (not isinstance(v, str) or not v.strip()):
+            raise InputError(f"{arg} must be a non-empty string{' or None' if optional else ''}; got {_show(v)}")
+    if isinstance(source, io.IOBase):
+        label, stem = f"codelist {getattr(source, 'name', '(an open file)')}", "codelist"
+        try: text = source.read()
+        except (OSError, ValueError) as e: raise InputError(f"cannot read {label}: {e}") from None
+        text = _decode(bytes(text), label) if isinstance(text, (bytes, bytearray)) else _check_text(text, label)
+    elif isinstance(source, (str, os.PathLike)):
         p = Path(source)
-        if not p.exists(): raise InputError(f"codelist file {p} does not exist")
-        text, label = p.read_text(encoding="utf-8-sig"), p.stem
-    rows = list(csv.DictReader(io.StringIO(text)))
-    cols = rows[0].keys() if rows else next(csv.reader(io.StringIO(text)), [])
+        label, stem = f"codelist file {p}", p.stem
+        if "\x00" in str(p): raise InputError(f"a file name cannot contain a NUL character; got {_show(str(p))}")
+        if not p.exists(): raise InputError(f"{label} does not exist")
+        if p.is_dir(): raise InputError(f"{label} is a folder; give the CSV file in it")
+        try: data = p.read_bytes()
+        except OSError as e: raise InputError(f"cannot read {label}: {e.strerror}") from None
+        text = _decode(data, label)
+    else: raise InputError(f"from_codelist needs a file path or an open file; got {type(source).__name__}")
+    if not text.strip():
+        raise InputError(f"{label} is empty: a code list needs a header row naming a {code_column!r} column, then one code per row")
+    reader = csv.DictReader(io.StringIO(text))
+    try: rows = list(reader)
+    except csv.Error as e: raise InputError(f"{label}: line {reader.line_num + 1}: not a CSV file this reader understands ({e})") from None
+    cols = reader.fieldnames or []
     if code_column not in cols:
-        raise InputError(f"codelist has no {code_column!r} column; columns are {list(cols)} (pass code_column=...)")
+        raise InputError(f"{label} has no {code_column!r} column; columns are {list(cols)} (pass code_column=...)")
     if category is not None:
         if category_column is None or category_column not in cols:
             raise InputError(f"category={category!r} needs category_column naming one of {list(cols)}")
         rows = [r for r in rows if r[category_column] == category]
     codes = [r[code_column].strip() for r in rows if r[code_column] and r[code_column].strip()]
-    return ConceptSet(name or label, codes={vocabulary: codes}, descendants=descendants, on_unknown=on_unknown)
+    if not codes:
+        raise ConceptError(f"{label} has no codes in its {code_column!r} column" + (f" for category {category!r}" if category is not None else ""))
+    return ConceptSet(name or stem, codes={vocabulary: codes}, descendants=descendants, on_unknown=on_unknown)
 
 # %% ../nbs/04_concepts.ipynb #ca091b0e
 DOMAINS = ("Condition", "Drug", "Measurement", "Observation", "Visit", "Gender", "Race", "Unit", "Type Concept", "Metadata")
+MAX_SEARCH_ROWS = 10_000
 
 def search_concepts(cdm, text: str, domain: str | None = None, *, standard_only: bool = False, limit: int = 50) -> pd.DataFrame:
     "Concepts whose name contains `text` (case-insensitive) or whose code equals it, optionally in one domain."
-    if not isinstance(text, str) or not text.strip(): raise InputError("search text must be a non-empty string")
+    if not isinstance(text, str) or not text.strip(): raise InputError(f"search text must be a non-empty string; got {_show(text)}")
+    if "\x00" in text: raise InputError(f"search text contains a NUL character (\\x00); remove it: {_show(text)}")
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or not 1 <= limit <= MAX_SEARCH_ROWS:
+        raise InputError(f"limit must be a whole number of rows from 1 to {MAX_SEARCH_ROWS:,}; got {_show(limit)}")
+    if not isinstance(standard_only, bool): raise InputError(f"standard_only must be True or False; got {_show(standard_only)}")
     c = cdm.concept
     q = text.strip()
     hit = c.concept_name.lower().contains(q.lower()) | (c.concept_code == q)
     if domain is not None:
         doms = c.select("domain_id").distinct().to_pandas().domain_id.tolist()
-        if domain not in doms: raise InputError(f"unknown domain {domain!r}; this vocabulary has {sorted(doms)}")
+        if domain not in doms: raise InputError(f"unknown domain {_show(domain)}; this vocabulary has {sorted(doms)}")
         hit &= c.domain_id == domain
     if standard_only: hit &= c.standard_concept.isin(["S", "C"])
     cols = ["concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id", "standard_concept", "concept_code"]
-    return c.filter(hit).select(cols).order_by("concept_name").limit(limit).to_pandas()
+    return c.filter(hit).select(cols).order_by("concept_name").limit(int(limit)).to_pandas()

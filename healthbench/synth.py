@@ -22,8 +22,8 @@ from . import vocabulary as V
 
 # %% auto #0
 __all__ = ['STUDY_START', 'REGISTRATION_END', 'DATA_CUT', 'CHUNK_PERSONS', 'ETHNICITY_KEYS', 'COEFFICIENTS', 'WEIBULL_SCALE',
-           'WEIBULL_SHAPE', 'design_matrix', 'linear_predictor', 'true_risk', 'true_model', 'simulate_persons',
-           'generate', 'table_checksums']
+           'WEIBULL_SHAPE', 'MAX_PERSONS', 'MAX_SEED', 'design_matrix', 'linear_predictor', 'true_risk', 'true_model',
+           'simulate_persons', 'generate', 'table_checksums']
 
 # %% ../nbs/02_synth.ipynb #dd7d88d8
 STUDY_START = _dt.date(2005, 1, 1)
@@ -155,15 +155,28 @@ def _chunks(n_persons: int):
     for k, first in enumerate(range(0, n_persons, CHUNK_PERSONS)):
         yield k, first + 1, min(CHUNK_PERSONS, n_persons - first)
 
+MAX_PERSONS = 100_000_000   # about 38 GB of DuckDB and hours of work; more is a typo, or a job for real data
+MAX_SEED = 2**63 - 1        # a seed fits a signed 64-bit integer wherever it is recorded
+
+def _brief(v) -> str:
+    "`v` for an error message: `1,000,000`, or `a number of 31 digits`, or a short repr."
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):   # Python will not write an int of over 4,300 digits
+        r = f"{int(v):,}" if int(v).bit_length() < 14_000 else None
+        return r if r is not None and len(r) <= 60 else f"a number of {'more than 4,000' if r is None else len(str(abs(int(v))))} digits"
+    r = repr(v)
+    return r if len(r) <= 60 else r[:59] + "…"
+
 def _check_n(n_persons) -> int:
     if isinstance(n_persons, bool) or not isinstance(n_persons, (int, np.integer)):
-        raise InputError(f"n_persons must be a whole number of persons, e.g. 10_000; got {n_persons!r}")
-    if n_persons <= 0: raise InputError(f"n_persons must be at least 1; got {n_persons}")
+        raise InputError(f"n_persons must be a whole number of persons, e.g. 10_000; got {_brief(n_persons)}")
+    if n_persons <= 0: raise InputError(f"n_persons must be at least 1; got {_brief(n_persons)}")
+    if n_persons > MAX_PERSONS:
+        raise InputError(f"n_persons must be at most {MAX_PERSONS:,} (about 38 GB on disk); got {_brief(n_persons)}")
     return int(n_persons)
 
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer; got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"seed must be a non-negative integer, at most 2**63 - 1; got {_brief(seed)}")
     return int(seed)
 
 def simulate_persons(n_persons: int, seed: int = 0) -> pd.DataFrame:
@@ -436,10 +449,18 @@ def generate(n_persons: int, seed: int = 0, path: str | os.PathLike = "healthben
              overwrite: bool = False, progress: bool = True) -> Path:
     "Write a synthetic OMOP CDM v5.4 database of `n_persons` persons to the DuckDB file `path`."
     n_persons, seed = _check_n(n_persons), _check_seed(seed)
+    for name, flag in (("overwrite", overwrite), ("progress", progress)):
+        if not isinstance(flag, bool): raise InputError(f"{name} must be True or False; got {_brief(flag)}")
+    if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+        raise InputError(f"path must be a file name, a str or a Path; got {type(path).__name__}")
+    if "\x00" in os.fspath(path): raise InputError(f"path contains a NUL character; got {_brief(os.fspath(path))}")
     path = Path(path).expanduser()
     if not path.parent.exists():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist; create it or choose another path")
     if path.is_dir(): raise InputError(f"{path} is a folder; give a file name such as {path / 'cdm.duckdb'}")
+    if not path.parent.is_dir(): raise InputError(f"cannot write {path}: {path.parent} is a file, not a folder")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write {path}: no permission to create files in {path.parent}; choose another folder")
     if path.exists() and not overwrite:
         raise InputError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
