@@ -562,6 +562,7 @@ def merge_intervals(table: pd.DataFrame, rules: Rules | None = None) -> pd.DataF
     if acc is not None: rows.append(acc)
     while len(rows) > 1 and not ok(rows[-1]):  # an unfinished last interval joins the one before it
         last = rows.pop(); rows[-1]["events"] += last["events"]; rows[-1]["censored"] += last["censored"]
+    if rows and not ok(rows[-1]): rows = []    # a single interval that still fails: nothing can be published
     out = pd.DataFrame(rows, columns=["time", "at_risk", "events", "censored"])
     return out.astype({"time": table["time"].dtype, "at_risk": "int64", "events": "int64", "censored": "int64"})
 
