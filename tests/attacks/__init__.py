@@ -1,0 +1,1 @@
+"Adversarial tests of release bundles: attacks, scenarios, truth and stored control bundles."
