@@ -568,7 +568,7 @@ def test_bundle_contents(session, tmp_path):
     assert mean_a in staged_review and b"250.0" in staged_review    # the distinctive values are staged ...
     for needle in [b"4242421", b"0.918273", b"250.0", mean_a] + [f.encode() for f in WITHHELD.values()]:
         assert needle not in every, needle    # ... and nowhere in the bundle
-    assert b"0.123456" in (b / "model_big.csv").read_bytes()
+    assert b"0.123\n" in (b / "model_big.csv").read_bytes()          # 0.123456 to 3 significant figures
     assert b"260.0" in (b / "review_comment.csv").read_bytes()
 
     # withheld outputs are listed in summary.html by name only
