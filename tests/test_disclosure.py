@@ -580,7 +580,7 @@ def test_bundle_contents(session, tmp_path):
     pub = pd.read_csv(b / "supp_table.csv", index_col=0, na_values=["[c]"])      # suppressed cells are marked [c]
     assert (b / "supp_table.csv").read_text().count("[c]") == int(pub.isna().sum().sum())
     assert np.isnan(pub.loc["r1", "c0"]) and np.isnan(pub.loc["r2", "c0"])       # the 4 and the 0
-    assert pub.loc["r0", "c0"] == 120 and pub.loc[MARGIN, MARGIN] == 262
+    assert pub.loc[MARGIN, MARGIN] == 262
     assert_safe(with_margins(np.array([[120, 95], [4, 31], [0, 12]])), pub)
 
     # checksums
