@@ -60,6 +60,8 @@ class Counted:
     zeros_ok: pd.DataFrame | bool = False     # counts whose zero says nothing about anyone (nobody excluded by a step)
     population: dict | None = None            # person ids behind each column group, for the release ledger
     caption: str = ""
+    keys: pd.DataFrame | None = None          # per count: the population it counts, (data, {variable: level}), to link tables
+    levels: dict | None = None                # {data: {variable: its levels}}: which keys partition which
 
     def __post_init__(self):
         if not isinstance(self.table, pd.DataFrame): raise InputError(f"table must be a DataFrame; got {type(self.table).__name__}")
@@ -128,8 +130,8 @@ def sensitive_cells(c: Counted, rules: Rules) -> set:
     return {cell for cell, v in c.cells().items()
             if v < rules.threshold and (v > 0 or (rules.zeros_disclosive and not bool(c.zeros_ok.at[cell])))}
 
-def publish(c: Counted, rules: Rules | None = None, how: str = "auto", extra: set = frozenset()) -> Published:
-    "Apply `rules` to a `Counted` table (`how`: auto, suppress, round or none); `extra` adds sensitive cells (e.g. dominance)."
+def publish(c: Counted, rules: Rules | None = None, how: str = "auto", extra: set = frozenset(), hide: set = frozenset()) -> Published:
+    "Apply `rules` to a `Counted` table (`how`: auto, suppress, round or none); `extra` adds sensitive cells (e.g. dominance), `hide` cells to hide anyway."
     rules = rules or uk_default()
     if not isinstance(c, Counted): raise InputError(f"publish() takes a Counted table; got {type(c).__name__}")
     if how not in ("auto", "suppress", "round", "none"): raise InputError(f"how must be 'auto', 'suppress', 'round' or 'none'; got {how!r}")
@@ -148,7 +150,7 @@ def publish(c: Counted, rules: Rules | None = None, how: str = "auto", extra: se
         hidden, method = set(), "none"
         exposed = {x for x in sens if x in published or r[x][1] - r[x][0] < width - 1e-9}
     else:
-        hidden = protect_cells(values, published, sens, c.relations, rules.threshold if rules.protection else 1)
+        hidden = protect_cells(values, published, sens, c.relations, rules.threshold if rules.protection else 1, hidden=set(hide) & published)
         method = "suppression" if hidden else "none"
     implied_mask = pd.DataFrame(False, index=c.counts.index, columns=c.counts.columns)
     for cell in implied: implied_mask.at[cell] = True

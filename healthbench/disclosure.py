@@ -275,6 +275,8 @@ class TableCheck:
     flags: dict
     rules: Rules
     relations: list = field(default_factory=list)   # (rows that add up, the row holding their sum), in every column
+    keys: pd.DataFrame | None = None                # per cell: (data, {variable: level}) it counts, to link tables of the same data
+    levels: dict = field(default_factory=dict)      # the levels of each variable of the data ({data: {variable: levels}})
 
     @property
     def verdict(self) -> str:
@@ -390,10 +392,12 @@ def intervals(values: dict, unknown, eqs: list, targets=None) -> dict:
         out[t] = (lo_hi[0], lo_hi[1])
     return out
 
-def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width: float = 1.0) -> set:
+def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width: float = 1.0, *,
+                  hideable: set | None = None, hidden: set = frozenset()) -> set:
     "The published cells to hide (the sensitive ones, then secondary ones) so that every sensitive cell's feasible interval is at least `width` wide."
     published, sensitive = set(published), set(sensitive)
-    hidden = sensitive & published
+    hideable = published if hideable is None else set(hideable)
+    hidden = (sensitive & published & hideable) | set(hidden)
     if not sensitive or not eqs: return hidden
     totals, touching = {}, {}
     for e in eqs:
@@ -410,7 +414,7 @@ def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width
             cells = list(members) + [total]
             u = [c for c in cells if c in unknown()]
             if len(u) == 1 and u[0] in sensitive:
-                pool = sorted((c for c in cells if c in published and c not in hidden), key=rank)
+                pool = sorted((c for c in cells if c in hideable and c not in hidden), key=rank)
                 if pool: hidden.add(pool[0]); changed = True
     # exact pass: linear programmes, until every sensitive cell's interval is wide enough
     while True:
@@ -420,7 +424,7 @@ def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width
         c = bad[0]
         comp = _components(unknown(), eqs)[c]
         pool = sorted({x for u in comp for e in touching.get(u, []) for x in list(e[0]) + [e[1]]
-                       if x in published and x not in hidden}, key=rank)
+                       if x in hideable and x not in hidden}, key=rank)
         if not pool:
             raise DisclosureError(f"cannot protect cell {c!r}: the published relations fix it whatever else is hidden")
         def gain(x):
@@ -519,14 +523,35 @@ def crosstab(data: pd.DataFrame, index: str | list, columns: str | list | None =
         raise InputError(f"aggfunc must be one of {sorted(_AGG)}; got {aggfunc!r}")
     rules = rules or uk_default()
     stats = cell_stats(data, index, columns, values, margins=margins, k=max(2, rules.nk_n))
-    if values is None:
-        return check_table(stats.counts, rules=rules, name=name)
     ix, cols = _grid(data, index, columns)
-    table = _per_cell(data, ix, cols, values, _AGG[aggfunc], np.nan, margins).astype(float)
-    if aggfunc == "count":       # the table shows counts of non-missing values: those are what must be safe
-        return check_table(table, stats.counts - stats.missing, rules=rules, name=name)
-    # dominance applies to sums and means; a median is checked on its counts (as in ACRO)
-    return check_table(table, stats.counts, stats=stats if aggfunc in ("mean", "sum") else None, rules=rules, name=name)
+    if values is None: check = check_table(stats.counts, rules=rules, name=name)
+    else:
+        table = _per_cell(data, ix, cols, values, _AGG[aggfunc], np.nan, margins).astype(float)
+        if aggfunc == "count":       # the table shows counts of non-missing values: those are what must be safe
+            return check_table(table, stats.counts - stats.missing, rules=rules, name=name)
+        # dominance applies to sums and means; a median is checked on its counts (as in ACRO)
+        check = check_table(table, stats.counts, stats=stats if aggfunc in ("mean", "sum") else None, rules=rules, name=name)
+    check.keys, check.levels = _cell_keys(data, ix, cols, check.counts)
+    return check
+
+def _data_id(data: pd.DataFrame) -> str:
+    "Which rows a DataFrame holds (its length and index), so tables of the same data can be linked."
+    return hashlib.sha256(pd.util.hash_pandas_object(data.index, index=False).to_numpy().tobytes()
+                          + str(len(data)).encode()).hexdigest()[:16]
+
+def _cell_keys(data: pd.DataFrame, index: list, columns: list, counts: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    "Each cell's population — (data, {variable: level}) — and the levels of each variable (None if it has missing values)."
+    d = _data_id(data)
+    def part(label, names):
+        label = label if isinstance(label, tuple) else (label,)
+        if _is_margin(label): return ()
+        return tuple((v, lv) for v, lv in zip(names, label))
+    keys = pd.DataFrame(index=counts.index, columns=counts.columns, dtype=object)
+    for r in counts.index:
+        for c in counts.columns:
+            keys.at[r, c] = (d, frozenset(part(r, index) + (part(c, columns) if columns else ())))
+    levels = {d: {v: (None if data[v].isna().any() else frozenset(data[v].unique().tolist())) for v in index + columns}}
+    return keys, levels
 
 # %% ../nbs/07_disclosure.ipynb #f8eefe8b
 def check_survival(table: pd.DataFrame, rules: Rules | None = None, name: str = "at_risk") -> TableCheck:

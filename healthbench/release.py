@@ -26,8 +26,8 @@ from fastcore.basics import patch
 
 from .errors import InputError, DisclosureError, BundleExistsError
 from .disclosure import (Rules, uk_default, MARGIN, CellStats, TableCheck, SafeTable, check_table, check_survival,
-                                    merge_intervals, _as_frame, _equations, _round_half_up)
-from .counted import Counted, SUPPRESSED, publish, significant
+                                    merge_intervals, protect_cells, _as_frame, _equations, _round_half_up)
+from .counted import Counted, Published, SUPPRESSED, publish, significant
 
 # %% auto #0
 __all__ = ['ROW_LEVEL_MIN_ROWS', 'ACRO_VERSION', 'row_level_reasons', 'model_reasons', 'coefficient_reasons', 'Output', 'Session',
@@ -87,11 +87,10 @@ def _content_reasons(df: pd.DataFrame, counts: pd.DataFrame | None) -> list[str]
     for name, s in cols.items():
         if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s): continue
         v = s.dropna().to_numpy(dtype=float)
-        if len(v) < ROW_LEVEL_MIN_ROWS or len(np.unique(v)) < 0.9 * len(v): continue
-        whole = np.all(v == np.round(v))
-        if labelled or _is_monotone(v): continue
-        if whole and len(np.unique(v)) == len(v): ids.append(name)
-        elif not whole: values.append(name)
+        if len(v) < ROW_LEVEL_MIN_ROWS or labelled or _is_monotone(v): continue
+        whole, distinct = np.all(v == np.round(v)), len(np.unique(v))
+        if whole and distinct == len(v): ids.append(name)
+        elif not whole and distinct >= 0.5 * len(v): values.append(name)
     if ids: out.append(f"unique whole numbers in no order in {ids}: identifiers of people or records?")
     if values: out.append(f"a distinct value per row in {values} with rows that are not groups: per-person values (predictions, SHAP, measurements)?")
     if counts is not None and counts.size:
@@ -170,6 +169,7 @@ class Output:
     extra: dict = field(default_factory=dict)   # the same output in other formats: file name -> sha256
     published: pd.DataFrame | None = None       # the table as written (hidden cells NaN), for figures drawn from it
     populations: dict = field(default_factory=dict)   # group -> hashed person ids, for the release ledger
+    links: dict = field(default_factory=dict)         # its counts by population key: values, hidden ones, relations, levels
 
     @property
     def files(self) -> list[tuple[Path, str]]:
@@ -213,7 +213,8 @@ def _frame_counted(table, counts, stats, rules, name, zeros_ok, relations) -> tu
     count_columns = tuple(c for c in t.columns if pd.api.types.is_numeric_dtype(t[c]) and not pd.api.types.is_bool_dtype(t[c])
                           and np.array_equal(t[c].to_numpy(dtype=float), n[c].to_numpy(dtype=float)))
     zok = pd.DataFrame(bool(zeros_ok), index=n.index, columns=n.columns)
-    return Counted(t, n, eqs, count_columns=count_columns, zeros_ok=zok, caption=name), check
+    return Counted(t, n, eqs, count_columns=count_columns, zeros_ok=zok, caption=name, keys=check.keys,
+                   levels=check.levels or None), check
 
 # %% ../nbs/07b_release.ipynb #83d7a4c4
 class Session:
@@ -240,7 +241,8 @@ class Session:
 
     # -- recording
     def _record(self, name, kind, status, reasons, summary, *, method="none", write=None, suffix=".csv",
-                comment="", cells=None, outcome=None, suppressed=False, also=None, published=None, populations=None) -> Output:
+                comment="", cells=None, outcome=None, suppressed=False, also=None, published=None, populations=None,
+                links=None) -> Output:
         if not isinstance(name, str) or not _NAME.match(name):
             raise InputError(f"output name {name!r} must be 1-100 letters, digits, '_', '-' or '.', starting with a letter or digit")
         if name in _RESERVED or name.split(".")[0] in _RESERVED:
@@ -250,7 +252,7 @@ class Session:
             if f.exists(): f.unlink()
         out = Output(f"output_{self._n}", name, kind, status, list(reasons), summary, method, comment=comment,
                      timestamp=dt.datetime.now().isoformat(timespec="seconds"), cells=cells or {}, outcome=outcome,
-                     suppressed=suppressed, published=published, populations=populations or {})
+                     suppressed=suppressed, published=published, populations=populations or {}, links=links or {})
         self._n += 1
         if status != "fail" and write is not None:       # a failing output is never written anywhere
             out.file = self.folder / f"{name}{suffix}"
@@ -284,6 +286,43 @@ class Session:
                                f"(fewer than {self.rules.threshold}): subtracting the two would describe them")
         return out
 
+    @staticmethod
+    def _links(c: Counted, pub: Published) -> dict:
+        "A table's counts by population key (for linking later tables of the same data)."
+        if c.keys is None: return {}
+        key = {cell: c.keys.at[cell] for cell in c.cells()}
+        return {"values": {key[cell]: v for cell, v in c.cells().items()},
+                "hidden": {key[cell] for cell in key if pd.isna(pub.counts.at[cell])},
+                "relations": [([key[m] for m in members], key[total]) for members, total in c.relations],
+                "levels": c.levels or {}}
+
+    def _linked(self, c: Counted, pub: Published, how: str) -> set:
+        "Cells of `c` to hide as well, so that no small count of an earlier table of the same data (or of this one) can be worked out from both."
+        if c.keys is None or how in ("round", "none") or (how == "auto" and self.rules.rounding): return set()
+        earlier = [o.links for o in self.outputs.values() if o.links and o.status != "fail"]
+        if not earlier: return set()
+        mine = self._links(c, pub)
+        values, hidden, eqs, levels = {}, set(), [], {}
+        for lk in earlier + [mine]:
+            values.update(lk["values"]); hidden |= lk["hidden"]; eqs += lk["relations"]
+            for d, lv in lk["levels"].items(): levels.setdefault(d, {}).update(lv)
+        # populations that partition another: a key with one more variable, over all that variable's levels
+        for d, S in list(values):
+            for v, lvls in levels.get(d, {}).items():
+                if lvls is None or v in dict(S): continue
+                members = [(d, frozenset(set(S) | {(v, lv)})) for lv in lvls]
+                if all(m in values for m in members) and len(members) > 1: eqs.append((members, (d, S)))
+        mine_keys = set(mine["values"])
+        if not any(set(m + [t]) & mine_keys and set(m + [t]) - mine_keys for m, t in eqs): return set()
+        sensitive = {k for k, v in values.items() if v < self.rules.threshold and (v > 0 or self.rules.zeros_disclosive)}
+        hideable = mine_keys - hidden
+        try:
+            out = protect_cells(values, set(values), sensitive, eqs, self.rules.threshold if self.rules.protection else 1,
+                                hideable=hideable, hidden=hidden)
+        except DisclosureError: out = set(values)        # nothing in this table can be published beside the earlier ones
+        key = {k: cell for cell, k in zip(c.cells(), [c.keys.at[x] for x in c.cells()])}
+        return {key[k] for k in (out & hideable)}
+
     def table(self, name: str, table, counts=None, *, stats: CellStats | None = None, mitigate: str = "auto",
               comment: str = "", zeros_ok: bool = False, json: bool = False, relations: list | None = None) -> Output:
         "Check a table (a `Counted` from healthbench's statistics, or a DataFrame with its counts), mitigate it, record it (CSV, and JSON if asked)."
@@ -306,6 +345,8 @@ class Session:
                 for i, j in zip(*np.nonzero(check.flags.get(r, pd.DataFrame()).to_numpy())) if r in check.flags else []:
                     dominance.add((c.counts.index[i], c.counts.columns[j]))
         pub = publish(c, self.rules, mitigate, dominance)
+        linked = self._linked(c, pub, mitigate)
+        if linked: pub = publish(c, self.rules, mitigate, dominance, hide=linked)
         populations = {g: self.ledger.hash(ids) if self.ledger else _hash_ids(ids) for g, ids in (c.population or {}).items()}
         reasons = []
         if check is not None: reasons = [f"{r}: {len(x)} cells" for r, x in check.cells.items() if x]
@@ -329,7 +370,7 @@ class Session:
         summary = pub.summary if status != "review" else f"review; {'; '.join(diff) if diff else pub.summary}"
         return self._record(name, "table", status, reasons, summary, method=pub.method, write=write, comment=comment,
                             cells=cells, outcome=outcome, suppressed=bool(hidden.to_numpy().any()), also=also,
-                            published=pub.table.mask(hidden.to_numpy()), populations=populations)
+                            published=pub.table.mask(hidden.to_numpy()), populations=populations, links=self._links(c, pub))
 
     def comment(self, name: str, text: str) -> None:
         "Add the researcher's comment to a recorded output (needed for a 'review' output to be released)."
@@ -437,10 +478,17 @@ def custom(self: Session, name: str, content: str | Path, comment: str = "") -> 
     return self._record(name, "custom", "review", ["custom output: needs an output checker's review"],
                         "review; custom output", write=write, suffix=src.suffix if src else ".txt", comment=comment)
 
+def _read_indexed(path: Path) -> pd.DataFrame:
+    "A released CSV with its index back: the first column, and the text columns after it until the labels are unique."
+    t = pd.read_csv(path)
+    k = 1
+    while k < len(t.columns) - 1 and not t.set_index(list(t.columns[:k])).index.is_unique and not pd.api.types.is_numeric_dtype(t[t.columns[k]]): k += 1
+    return t.set_index(list(t.columns[:k]))
+
 def _file_row_level(path: Path, rules: Rules) -> list[str]:
     "Row-level signs in a file given as a custom output: tables (CSV, Parquet) are read and checked; HTML tables too."
     try:
-        if path.suffix.lower() == ".csv": return row_level_reasons(pd.read_csv(path, index_col=0), rules)   # written with its index
+        if path.suffix.lower() == ".csv": return row_level_reasons(_read_indexed(path), rules)
         if path.suffix.lower() == ".parquet": return row_level_reasons(pd.read_parquet(path), rules)
         if path.suffix.lower() in (".html", ".htm"):
             from io import StringIO

@@ -756,3 +756,74 @@ def test_display_count_zero_and_negative():
     assert display_count(0, Rules(zeros_disclosive=False, rounding=5)) == "0"
     with pytest.raises(InputError, match="negative"):
         display_count(-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 8. row-level data by content, whatever it is called (issue 12: each of these passed the name-only guard)
+
+def _people(n=300, seed=3):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"pid": rng.permutation(np.arange(70_000, 70_000 + n)), "age": rng.integers(40, 81, n),
+                         "y": rng.integers(0, 2, n), "p_logistic": rng.random(n).round(6), "risk": rng.random(n),
+                         "birth_date": pd.to_datetime("1950-01-01") + pd.to_timedelta(rng.integers(0, 9000, n), "D"),
+                         "sbp": rng.normal(130, 15, n).round(1)})
+
+
+@pytest.mark.parametrize("columns", [["pid", "age"], ["age", "p_logistic"], ["age", "risk"], ["age", "birth_date"],
+                                     ["sbp"], ["y", "risk"]])
+def test_row_level_tables_by_content_fail(tmp_path, columns):
+    frame = _people()[columns]
+    s = Session(folder=tmp_path / "out")
+    # with made-up counts, as an adversary would pass them, and without
+    o = s.table("slice", frame, counts=pd.DataFrame(50, index=frame.index, columns=frame.columns))
+    assert o.status == "fail" and o.file is None and o.reasons, o.reasons
+    assert row_level_reasons(frame) != []
+
+
+def test_per_person_shap_named_after_features_fails(tmp_path):
+    rng = np.random.default_rng(4)
+    shap_like = pd.DataFrame(rng.normal(size=(200, 3)), columns=["age", "sbp", "bmi"])      # one row per person
+    assert any("distinct value per row" in r for r in row_level_reasons(shap_like))
+    s = Session(folder=tmp_path / "out")
+    assert s.table("shap", shap_like, counts=pd.DataFrame(40, index=shap_like.index, columns=shap_like.columns)).status == "fail"
+
+
+def test_model_takes_coefficient_tables_only(tmp_path):
+    s = Session(folder=tmp_path / "out")
+    people = _people(999)
+    for k, part in enumerate((people.iloc[:333], people.iloc[333:666], people.iloc[666:])):   # three 999-row slices
+        o = s.model(f"slice{k}", part[["y", "p_logistic"]], dof=500)
+        assert o.status == "fail" and o.file is None
+    good = pd.DataFrame({"coef": [0.02, -0.5], "se": [0.01, 0.1]}, index=["age", "sex[male]"])
+    assert s.model("coefficients", good, dof=500).status == "pass"
+
+
+def test_per_person_scatter_figure_fails(tmp_path):
+    s = Session(folder=tmp_path / "out")
+    people = _people()
+    fig = plt.figure()
+    fig.add_subplot().scatter(people.age, people.risk)
+    o = s.figure("scatter", fig, pd.DataFrame({"n": [300]}))
+    assert o.status == "fail" and "individual points" in o.reasons[0]
+    plt.close("all")
+
+
+def test_aggregate_tables_are_not_row_level():
+    rng = np.random.default_rng(5)
+    thresholds = pd.DataFrame({"nb": rng.random(50)}, index=pd.Index(np.round(np.arange(0.01, 0.51, 0.01), 2), name="t"))
+    by_age = pd.DataFrame({"n": rng.integers(10, 400, 60)}, index=pd.Index(range(30, 90), name="age"))
+    terms = pd.DataFrame({"coef": rng.normal(size=40)}, index=[f"x{i}" for i in range(40)])
+    for frame in (thresholds, by_age, terms):
+        assert row_level_reasons(frame) == [], frame.head()
+
+
+def test_session_never_writes_into_a_folder_it_did_not_make(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cdm.duckdb").write_bytes(b"precious")
+    with pytest.raises(BundleExistsError, match="not empty"):
+        Session(folder=tmp_path / "data")
+    s = Session(folder=tmp_path / "new")
+    for bad in ("output_log", "results", "SHA256SUMS"):
+        with pytest.raises(InputError, match="reserved"):
+            s.table(bad, pd.DataFrame({"n": [20]}))
+    assert (tmp_path / "data" / "cdm.duckdb").read_bytes() == b"precious"

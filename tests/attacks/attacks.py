@@ -722,19 +722,32 @@ def kaplan_meier(bundle: Path, step_days: int | None = None) -> dict:
         for e, c in zip(t["events"], t["censored"]):
             e, c = count_interval(e, rules["rounding"], sf3), count_interval(c, rules["rounding"], sf3)
             d.append(None if e is None or c is None else (e[0] + c[0], e[1] + c[1]))
-        res, hidden = {}, {}
-        for k in range(len(t) - 1):
-            if None in (a[k], a[k + 1], d[k + 1], times[k], times[k + 1]):
-                continue
-            res[(times[k][0], times[k + 1][0])] = (a[k][0] - a[k + 1][1] - d[k + 1][1], a[k][1] - a[k + 1][0] - d[k + 1][0])
+        # Two layouts are possible: a row's events and censorings happened since the previous row (the old layout), or
+        # in the interval that starts at the row's time (a life table). The attacker uses the one the arithmetic
+        # fits exactly: if every row's at-risk count is the previous one minus that previous row's events and
+        # censorings, the table is a life table and its arithmetic holds nothing more; otherwise the old layout's
+        # residuals are counts of people whose follow-up ended exactly on a grid day.
+        def residuals(shift):
+            r = {}
+            for k in range(len(t) - 1):
+                dk = d[k + shift]
+                if None in (a[k], a[k + 1], dk, times[k], times[k + 1]):
+                    continue
+                r[(times[k][0], times[k + 1][0])] = (a[k][0] - a[k + 1][1] - dk[1], a[k][1] - a[k + 1][0] - dk[0])
+            return r
+        life = residuals(0)
+        life_table = bool(life) and all(lo <= 0 <= hi for lo, hi in life.values())
+        res, hidden = (life if life_table else residuals(1)), {}
         if a[0] is not None and all(x is not None for x in d):
             cum = [0, 0]
             for k in range(len(t)):
-                cum = [cum[0] + d[k][0], cum[1] + d[k][1]]
                 if k == 0 or a[k] is None:
+                    cum = [cum[0] + d[k][0], cum[1] + d[k][1]]
                     continue
-                # H_k = at_risk(k) + sum(D up to k) - N
-                hidden[times[k][0]] = (a[k][0] + cum[0] - a[0][1], a[k][1] + cum[1] - a[0][0])
+                # old layout: H_k = at_risk(k) + sum(D up to k) - N; life table: at_risk(k) + sum(D before k) - N
+                upto = cum if life_table else [cum[0] + d[k][0], cum[1] + d[k][1]]
+                hidden[times[k][0]] = (a[k][0] + upto[0] - a[0][1], a[k][1] + upto[1] - a[0][0])
+                cum = [cum[0] + d[k][0], cum[1] + d[k][1]]
         out[name] = {"residual": res, "hidden": hidden}
     return out
 
