@@ -8,6 +8,7 @@ Docs: https://github.com/healthbench/healthbench/cdm.html.md"""
 from __future__ import annotations
 import os, json, hashlib, functools
 from pathlib import Path
+from urllib.parse import parse_qsl, quote, urlparse
 
 import ibis
 import pandas as pd
@@ -57,15 +58,60 @@ def validate_schema(backend: BaseBackend, schema: str | None = None) -> None:
               "Fix the ETL or point connect() at the schema that holds the CDM tables (schema=...).", problems=msgs)
 
 # %% ../nbs/03_cdm.ipynb #52a69dc4
+_YES = ("true", "1", "yes", "on")
+
+def _read_only_options(query: str, target) -> list[tuple[str, str]]:
+    "A URL's options without the read-only ones; an option asking for a writable connection, in any spelling, is refused."
+    kept = []
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        key, val = k.strip().lower().replace("-", "_"), v.strip().lower()
+        writable = (key in ("read_only", "readonly") and val not in _YES) or (key == "access_mode" and val != "read_only") \
+                   or (key == "mode" and val != "ro")
+        if writable:
+            raise CDMConnectionError(f"{str(target)!r} asks for a writable connection ({k}={v}); healthbench opens source "
+                                     "CDMs read-only, whatever the URL says: drop the option (results go to a separate work database)")
+        if key not in ("read_only", "readonly", "access_mode", "mode"): kept.append((k, v))
+    return kept
+
+def _url_database(u) -> str:
+    "The database file of a duckdb://, sqlite:// or file:// URL, as ibis reads it ('' for none)."
+    return str(Path(*[p for p in (u.netloc, u.path[bool(u.netloc):]) if p])) if (u.netloc or u.path) else ""
+
+def _is_read_only_duckdb(backend) -> bool:
+    try: return bool(backend.con.execute("SELECT readonly FROM duckdb_databases() WHERE database_name = current_database()").fetchone()[0])
+    except Exception: return False
+
+def _open_url(s: str, target) -> tuple[BaseBackend, str]:
+    u = urlparse(s)
+    scheme, db = u.scheme.lower(), _url_database(u)
+    kind = "duckdb" if scheme == "duckdb" or (scheme == "file" and db.endswith(".duckdb")) else \
+           "sqlite" if scheme == "sqlite" or (scheme == "file" and db.endswith((".sqlite", ".db"))) else None
+    if kind is None:     # a server database, whose read-only role is the TRE's to give; or files read into memory
+        try: return ibis.connect(s), f"{scheme} URL"
+        except Exception as e: raise CDMConnectionError(f"could not connect to {target!r}: {e}") from e
+    options = _read_only_options(u.query, target)
+    if not db or db == ":memory:": raise CDMConnectionError(f"{str(target)!r} names no database file; an empty in-memory database holds no CDM")
+    if not db.startswith(("md:", "motherduck:")) and not Path(db).exists():
+        raise CDMNotFoundError(f"no CDM database at {db} (from {str(target)!r}); check the path")
+    try:
+        if kind == "duckdb":
+            backend = ibis.duckdb.connect(db, read_only=True, **dict(options))
+            if not _is_read_only_duckdb(backend):      # no option may have turned read-only off
+                backend.disconnect()
+                raise CDMConnectionError(f"{str(target)!r} opened writable despite read_only=True; refusing it")
+            return backend, "duckdb URL"
+        if options: raise CDMConnectionError(f"{str(target)!r}: sqlite URLs take no options here; got {options}")
+        import sqlite3
+        con = sqlite3.connect(f"file:{quote(str(Path(db).absolute()))}?mode=ro", uri=True, check_same_thread=False)
+        return ibis.sqlite.from_connection(con), "sqlite URL (read-only)"
+    except CDMConnectionError: raise
+    except Exception as e: raise CDMConnectionError(f"could not open {str(target)!r} read-only: {e}") from e
+
 def _open(target) -> tuple[BaseBackend, str]:
     if isinstance(target, BaseBackend): return target, f"ibis backend {target.name}"
     if isinstance(target, (str, os.PathLike)):
         s = os.fspath(target)
-        if "://" in s:
-            if s.startswith("duckdb://") and "read_only" not in s:
-                s += ("&" if "?" in s else "?") + "read_only=True"
-            try: return ibis.connect(s), s.split("://")[0] + " URL"
-            except Exception as e: raise CDMConnectionError(f"could not connect to {target!r}: {e}") from e
+        if "://" in s: return _open_url(s, target)
         path = Path(s).expanduser()
         if not path.exists():
             raise CDMNotFoundError(f"no CDM database at {path}; check the path, or create a synthetic one with "

@@ -6,19 +6,20 @@ Docs: https://github.com/healthbench/healthbench/cli.html.md"""
 
 # %% ../nbs/90_cli.ipynb #6e3559d2
 from __future__ import annotations
-import sys, time, argparse, shutil
+import sys, os, time, argparse, itertools, signal, tempfile, threading
+import datetime as dt
 from pathlib import Path
 
 import ibis
 
 from . import __version__
-from .errors import HealthbenchError, InputError
+from .errors import HealthbenchError, InputError, Interrupted
 from .cdm import CDM, connect
 from .synth import generate
 from . import vocabulary as V
 
 # %% auto #0
-__all__ = ['outcome_incidence', 'main']
+__all__ = ['MAX_PERSONS', 'outcome_incidence', 'main']
 
 # %% ../nbs/90_cli.ipynb #8602f661
 def outcome_incidence(cdm: CDM, concept_ids=(V.CONDITION["myocardial_infarction"], V.CONDITION["stroke"])) -> dict:
@@ -38,17 +39,84 @@ def outcome_incidence(cdm: CDM, concept_ids=(V.CONDITION["myocardial_infarction"
             "rate_per_1000py": 1000 * n_events / py if py else float("nan")}
 
 # %% ../nbs/90_cli.ipynb #5284af92
+MAX_PERSONS = 100_000_000   # about 100 times a million persons' minute on 2 cores; a larger number is a typo
+
+def _persons_and_seed(args) -> tuple[int, int]:
+    "--persons and --seed, checked before anything is written."
+    if args.persons < 1: raise InputError(f"--persons must be at least 1; got {args.persons:,}")
+    if args.persons > MAX_PERSONS:
+        raise InputError(f"--persons must be at most {MAX_PERSONS:,} (a synthetic CDM of that size takes well over an "
+                         f"hour on two cores); got {args.persons:,}")
+    if args.seed < 0: raise InputError(f"--seed must be 0 or a positive whole number; got {args.seed}")
+    return args.persons, args.seed
+
+def _writable_folder(folder: Path, out: Path, create: bool):
+    "`folder`, where `--out` goes, exists (or is created) and takes new files; else an `InputError` saying why not."
+    nearest = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
+    if not nearest.is_dir(): raise InputError(f"--out {str(out)!r}: {str(nearest)!r} is a file, not a folder")
+    if create:
+        try: folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e: raise InputError(f"--out {str(out)!r}: cannot create the folder {str(folder)!r} ({e.strerror})") from None
+    if folder.is_dir():
+        try: tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e: raise InputError(f"--out {str(out)!r}: cannot write in {str(folder)!r} ({e.strerror})") from None
+
 def _synth(args) -> int:
+    persons, seed = _persons_and_seed(args)
+    out = Path(args.out)
+    _writable_folder(out.parent, out, create=False)
     t0 = time.perf_counter()
-    path = generate(args.persons, seed=args.seed, path=args.out, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {path} ({args.persons:,} persons, seed {args.seed}) in {time.perf_counter() - t0:.1f} s")
+    path = generate(persons, seed=seed, path=out, overwrite=args.overwrite, progress=not args.quiet)
+    print(f"wrote {path} ({persons:,} persons, seed {seed}) in {time.perf_counter() - t0:.1f} s")
     return 0
 
+def _aside(p: Path, tag: str) -> Path:
+    "cdm.duckdb -> cdm-TAG.duckdb; cdm.duckdb.wal -> cdm-TAG.duckdb.wal (a database's WAL keeps following it); runs -> runs-TAG."
+    base, dot, rest = p.name.partition(".")
+    return p.with_name(f"{base}-{tag}{dot}{rest}")
+
+def _move_aside(paths: list[Path]) -> list[tuple[Path, Path]]:
+    "Rename `paths` to free names with the time in them (never deleting anything); [(old, new)]."
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        tag = f"replaced-{stamp}" + (f"-{n}" if n > 1 else "")
+        if not any(os.path.lexists(_aside(p, tag)) for p in paths): break
+    moved = []
+    for p in paths:
+        try: os.rename(p, _aside(p, tag))
+        except OSError as e: raise InputError(f"cannot move {str(p)!r} aside ({e.strerror}); moved so far: {moved}") from None
+        moved.append((p, _aside(p, tag)))
+    return moved
+
+def _claim_demo(out: Path, runs: Path | None):
+    "Create the demo's database file (empty) and runs folder atomically: what appeared meanwhile is never replaced."
+    made = []
+    try:
+        if runs is not None: os.mkdir(runs); made.append(runs)
+        os.close(os.open(out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)); made.append(out)
+    except OSError as e:
+        for p in reversed(made): p.rmdir() if p.is_dir() else p.unlink()     # made a moment ago by this call, empty
+        why = "appeared while the demo started (another demo running?)" if isinstance(e, FileExistsError) else f"cannot be created ({e.strerror})"
+        raise InputError(f"{e.filename} {why}; nothing was changed") from None
+
 def _demo(args) -> int:
+    persons, seed = _persons_and_seed(args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"healthbench {__version__} demo: generating a synthetic OMOP CDM with {args.persons:,} persons (seed {args.seed})")
-    generate(args.persons, seed=args.seed, path=out, overwrite=True, progress=not args.quiet)
+    if out.is_dir(): raise InputError(f"--out {str(out)!r} is a folder; give a database file name such as {str(out / 'cdm.duckdb')!r}")
+    _writable_folder(out.parent, out, create=True)
+    runs = None if args.skip_templates else out.parent / "runs"
+    taken = [p for p in (out, Path(f"{out}.wal"), runs) if p is not None and os.path.lexists(p)]
+    if taken and not args.overwrite:
+        raise InputError(f"{', '.join(repr(str(p)) for p in taken)} already exist{'s' * (len(taken) == 1)}, and the demo "
+                         "replaces nothing it did not make: choose another --out, or pass --overwrite to move "
+                         f"{'it' if len(taken) == 1 else 'them'} aside (renamed with a timestamp, not deleted)")
+    for old, new in _move_aside(taken) if taken else []: print(f"moved {old} aside to {new}")
+    _claim_demo(out, runs)
+    print(f"healthbench {__version__} demo: generating a synthetic OMOP CDM with {persons:,} persons (seed {seed})")
+    try: generate(persons, seed=seed, path=out, overwrite=True, progress=not args.quiet)   # replaces only the empty file claimed above
+    except BaseException:
+        if out.is_file() and out.stat().st_size == 0: out.unlink()     # our own empty claim
+        raise
     with connect(out) as cdm:
         counts = cdm.counts()
         inc = outcome_incidence(cdm)
@@ -59,15 +127,13 @@ def _demo(args) -> int:
     print(f"\nCardiovascular outcome (first MI or stroke): {inc['events']:,} events in {inc['person_years']:,.0f} "
           f"person-years = {inc['rate_per_1000py']:.1f} per 1,000 person-years "
           f"({100 * inc['events'] / inc['persons']:.1f}% of persons)")
-    if not args.skip_templates: _demo_templates(out, args)
+    if runs is not None: _demo_templates(out, runs, args)
     print("\nNext: open it in Python with  healthbench.cdm.connect(" + repr(str(out)) + ")")
     return 0
 
-def _demo_templates(cdm_path: Path, args):
+def _demo_templates(cdm_path: Path, runs: Path, args):
     "Run characterise, predict and survival on the demo CDM; print where the reports and release bundles are."
     from healthbench.templates import run
-    runs = cdm_path.parent / "runs"
-    if runs.exists(): shutil.rmtree(runs)      # the demo's own folder: a fresh demo replaces the last one
     print(f"\nRunning the analysis templates on it, ending with the model report (run folders in {runs}):")
     db = str(cdm_path.resolve())
     plan = [("characterise", {"cdm_path": db}), ("predict", {"cdm_path": db}), ("survival", {"cdm_path": db}),
@@ -83,21 +149,44 @@ def _demo_templates(cdm_path: Path, args):
     print(f"\nTRIPOD+AI model report: {runs / 'report' / 'release' / 'tripod_ai_report.html'}"
           f"\nModel card:              {runs / 'report' / 'release' / 'model_card.html'}")
 
+def _one_line(e: Exception) -> str: return " ".join(str(e).split())
+
+def _params_file(file: str) -> dict:
+    "The parameters in a YAML file: UTF-8 text holding a mapping of name: value; else an `InputError` saying what it is."
+    import yaml
+    f = Path(file)
+    if not f.is_file(): raise InputError(f"parameters file {file!r} {'is not a file' if f.exists() else 'does not exist'}")
+    try: raw = f.read_bytes()
+    except OSError as e: raise InputError(f"cannot read parameters file {file!r} ({e.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise InputError(f"parameters file {file!r} is UTF-16 text; save it as UTF-8")
+    if b"\x00" in raw:
+        raise InputError(f"parameters file {file!r} is not text (it holds NUL bytes: binary data, or UTF-16 without a BOM); "
+                         "give a UTF-8 YAML file of name: value lines")
+    try: text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"parameters file {file!r} is not UTF-8 text (byte 0x{raw[e.start]:02x} at position {e.start}; "
+                         "latin-1 or another legacy encoding, or binary data): save it as UTF-8") from None
+    try: loaded = yaml.safe_load(text)
+    except yaml.YAMLError as e: raise InputError(f"parameters file {file!r} is not valid YAML: {_one_line(e)}") from None
+    if loaded is None: return {}
+    if not isinstance(loaded, dict):
+        raise InputError(f"parameters file {file!r} must be a mapping of name: value lines; it holds a YAML {type(loaded).__name__}")
+    names = [k for k in loaded if not isinstance(k, str)]
+    if names: raise InputError(f"parameters file {file!r}: parameter names must be text; got {names}")
+    return loaded
+
 def _template_params(name: str, pairs: list, file: str | None) -> dict:
     "Parameters from `-f params.yaml` then `-p key value` pairs; values typed by the template's declared types."
     import yaml
     from healthbench.templates import parameters
     declared = parameters(name)
-    params = {}
-    if file:
-        f = Path(file)
-        if not f.is_file(): raise InputError(f"parameters file {file!r} does not exist")
-        loaded = yaml.safe_load(f.read_text()) or {}
-        if not isinstance(loaded, dict): raise InputError(f"parameters file {file!r} must be a mapping of name: value")
-        params.update(loaded)
+    params = _params_file(file) if file else {}
     for k, v in pairs or []:
         t = str(declared.get(k, {}).get("type", ""))
-        params[k] = v if t.startswith("str") else yaml.safe_load(v)
+        if t.startswith("str"): params[k] = v; continue
+        try: params[k] = yaml.safe_load(v)
+        except yaml.YAMLError as e: raise InputError(f"-p {k} {v!r}: not a valid YAML value ({_one_line(e)})") from None
     return params
 
 def _templates(args) -> int:
@@ -119,9 +208,9 @@ def _run(args) -> int:
 
 def _verify(args) -> int:
     from healthbench.templates import verify
-    v = verify(args.run_dir, progress=not args.quiet)
+    v = verify(args.run_dir, template=args.template, progress=not args.quiet)
     for t in v.itertuples(): print(f"{'identical' if t.identical else 'DIFFERENT':<10}{t.table}")
-    if v.attrs.get("template_changed"): print("note: the template changed since this run")
+    if v.attrs.get("template_changed"): print("note: the template you named differs from the one this run used")
     ok = bool(len(v)) and bool(v.identical.all())
     print("all result tables identical" if ok else "result tables differ")
     return 0 if ok else 1
@@ -131,16 +220,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"healthbench {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("synth", help="write a synthetic OMOP CDM v5.4 DuckDB database")
-    s.add_argument("--persons", type=int, required=True, help="number of persons, e.g. 100000")
-    s.add_argument("--seed", type=int, default=0, help="random seed (default 0); the same seed gives identical tables")
+    s.add_argument("--persons", type=int, required=True, help=f"number of persons, e.g. 100000 (1 to {MAX_PERSONS:,})")
+    s.add_argument("--seed", type=int, default=0, help="random seed, 0 or more (default 0); the same seed gives identical tables")
     s.add_argument("--out", required=True, help="DuckDB file to write, e.g. cdm.duckdb")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_synth)
     d = sub.add_parser("demo", help="generate a small synthetic CDM and summarise it")
-    d.add_argument("--persons", type=int, default=20_000, help="number of persons (default 20000)")
-    d.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    d.add_argument("--out", default="healthbench-demo/cdm.duckdb", help="where to write (default healthbench-demo/cdm.duckdb)")
+    d.add_argument("--persons", type=int, default=20_000, help=f"number of persons (default 20000; at most {MAX_PERSONS:,})")
+    d.add_argument("--seed", type=int, default=0, help="random seed, 0 or more (default 0)")
+    d.add_argument("--out", default="healthbench-demo/cdm.duckdb",
+                   help="database file to write (default healthbench-demo/cdm.duckdb); the run folders go in 'runs' beside it. "
+                        "Both must not exist yet")
+    d.add_argument("--overwrite", action="store_true",
+                   help="if --out or its runs folder exist, move them aside (renamed with a timestamp, never deleted)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--skip-templates", action="store_true", help="only build and summarise the CDM")
     d.set_defaults(func=_demo)
@@ -148,21 +241,39 @@ def _parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_templates)
     r = sub.add_parser("run", help="run an analysis template into a new run folder")
     r.add_argument("name", help="template name (see `healthbench templates`) or a template notebook path")
-    r.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"), help="a parameter (repeatable)")
-    r.add_argument("-f", metavar="PARAMS.yaml", help="parameters from a YAML file (-p overrides)")
-    r.add_argument("--out", required=True, help="run folder to create (must be new or empty)")
+    r.add_argument("-p", nargs=2, action="append", metavar=("KEY", "VALUE"), help="a parameter (repeatable); VALUE is read as YAML unless the parameter is text")
+    r.add_argument("-f", metavar="PARAMS.yaml", help="parameters from a UTF-8 YAML file of name: value lines (-p overrides)")
+    r.add_argument("--out", required=True, help="run folder to create (must be new or empty; one run claims it)")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_run)
-    v = sub.add_parser("verify", help="re-run a run folder from its manifest and compare the result tables")
+    v = sub.add_parser("verify", help="re-run a run folder's template and compare the result tables")
     v.add_argument("run_dir", help="a run folder written by `healthbench run`")
+    v.add_argument("--template", metavar="PATH",
+                   help="the notebook to re-run (a path or bundled name); without it only the bundled template whose "
+                        "name and sha256 the manifest records is run")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_verify)
     return p
 
+def _terminated(signum, frame): raise Interrupted("terminated", signum=signum)
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `healthbench` command."
+    """Entry point of the `healthbench` command. Exit status 0 on success, 2 with one line `healthbench CMD: error: ...`
+    for anything the user can fix, 130/143 after Ctrl-C/SIGTERM, 3 with one line for an internal error."""
     args = _parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminated) if in_main else None     # SIGTERM ends a command as Ctrl-C does
     try: return args.func(args)
     except HealthbenchError as e:
         print(f"healthbench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM turned into Interrupted
+        signum = getattr(e, "signum", signal.SIGINT)
+        said = str(e) if getattr(e, "run_dir", None) is not None else f"interrupted by {signal.Signals(signum).name}"
+        print(f"healthbench {args.command}: {said}", file=sys.stderr)
+        return 128 + signum
+    except Exception as e:
+        print(f"healthbench {args.command}: internal error: {type(e).__name__}: {_one_line(e)} (please report)", file=sys.stderr)
+        return 3
+    finally:
+        if before is not None: signal.signal(signal.SIGTERM, before)

@@ -11,7 +11,7 @@ from __future__ import annotations
 __all__ = ['HealthbenchError', 'InputError', 'CDMError', 'CDMConnectionError', 'CDMNotFoundError', 'SchemaError',
            'MissingTableError', 'MissingColumnError', 'ColumnTypeError', 'ConceptError', 'CohortDefinitionError',
            'UnsupportedAtlasFeature', 'UnknownConceptWarning', 'DisclosureError', 'RulesError', 'BundleExistsError',
-           'TemplateError', 'TemplateRunError']
+           'TemplateError', 'TemplateRunError', 'Interrupted']
 
 # %% ../nbs/00_errors.ipynb #c9888e7b
 class HealthbenchError(Exception):
@@ -81,3 +81,10 @@ class TemplateRunError(TemplateError):
     def __init__(self, message: str, run_dir=None):
         super().__init__(message)
         self.run_dir = run_dir
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped healthbench; `signum` says which, `run_dir` names the run folder marked
+    `interrupted`, if any. Like `KeyboardInterrupt`, which it is, `except Exception` does not catch it."""
+    def __init__(self, message: str = "", signum: int = 2, run_dir=None):
+        super().__init__(message)
+        self.signum, self.run_dir = signum, run_dir

@@ -6,44 +6,59 @@ Docs: https://github.com/healthbench/healthbench/templates.html.md"""
 
 # %% ../nbs/09_templates.ipynb #0c880e2d
 from __future__ import annotations
+import contextlib
 import datetime as dt
 import functools
 import hashlib
 import itertools
 import json
+import os
 import platform
-import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from .errors import InputError, TemplateError, TemplateRunError
+from .errors import InputError, Interrupted, TemplateError, TemplateRunError
 
 # %% auto #0
-__all__ = ['TEMPLATE_DIR', 'OUTCOME_CONCEPTS', 'CATEGORICAL', 'template_path', 'parameters', 'available', 'validate', 'versions',
-           'RunResult', 'kernel_name', 'run', 'sweep', 'verify', 'template_cdm', 'template_cohort', 'template_session',
-           'template_out_dir', 'prediction_data', 'prediction_models', 'bp_cohort', 'model_inputs', 'fitted_model',
-           'record_provenance']
+__all__ = ['TEMPLATE_DIR', 'CLAIM_FILE', 'OUTCOME_CONCEPTS', 'CATEGORICAL', 'template_path', 'parameters', 'available',
+           'validate', 'versions', 'RunResult', 'kernel_name', 'run', 'sweep', 'verify', 'template_cdm',
+           'template_cohort', 'template_session', 'template_out_dir', 'prediction_data', 'prediction_models',
+           'bp_cohort', 'model_inputs', 'fitted_model', 'record_provenance']
 
 # %% ../nbs/09_templates.ipynb #3456b101
 import healthbench as _hb
 TEMPLATE_DIR = Path(_hb.__file__).parent / "templates"      # package data
 
+def _bundled() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(TEMPLATE_DIR.glob("*.ipynb"))}
+
 def template_path(name: str | Path) -> Path:
     "The notebook of template `name` (a bundled template's name, or a path to any template notebook)."
     p = Path(name)
     if p.suffix == ".ipynb":
-        if not p.is_file(): raise TemplateError(f"template notebook {str(p)!r} does not exist")
+        if not p.is_file(): raise TemplateError(f"template notebook {str(p)!r} {'is not a file' if p.exists() else 'does not exist'}")
         return p
-    q = TEMPLATE_DIR / f"{name}.ipynb"
-    if not q.is_file():
-        raise TemplateError(f"no template named {str(name)!r}; available: {sorted(x.stem for x in TEMPLATE_DIR.glob('*.ipynb'))}")
-    return q
+    bundled = _bundled()
+    if str(name) not in bundled:
+        raise TemplateError(f"no template named {str(name)!r}; available: {sorted(bundled)} (or give the path of a .ipynb notebook)")
+    return bundled[str(name)]
+
+def _read_notebook(path: Path):
+    "The notebook at `path`, or a `TemplateError` saying why it is not one."
+    import nbformat
+    try: return nbformat.read(path, as_version=4)
+    except Exception as e:     # NotJSONError, jsonschema's ValidationError, UnicodeDecodeError, AttributeError (JSON, not a notebook)…
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TemplateError(f"template {str(path)!r} is not a Jupyter notebook ({type(e).__name__}: {first})") from None
 
 def _tagged(nb, tag: str) -> list[int]:
     return [i for i, c in enumerate(nb.cells) if tag in c.get("metadata", {}).get("tags", [])]
@@ -52,7 +67,7 @@ def parameters(name: str | Path) -> dict[str, dict]:
     "A template's parameters: {name: {type, default, help}}, from its `parameters`-tagged cell."
     import nbformat, papermill
     path = template_path(name)
-    nb = nbformat.read(path, as_version=4)
+    nb = _read_notebook(path)
     if len(_tagged(nb, "parameters")) != 1:
         raise TemplateError(f"template {path.name} must have exactly one cell tagged 'parameters' "
                             f"(found {len(_tagged(nb, 'parameters'))}); without it papermill silently runs the defaults")
@@ -77,7 +92,7 @@ def available() -> pd.DataFrame:
     "The bundled templates: name, title and parameters (`name: type = default`)."
     import nbformat
     rows = []
-    for p in sorted(TEMPLATE_DIR.glob("*.ipynb")):
+    for p in _bundled().values():
         nb = nbformat.read(p, as_version=4)
         title = next((c.source.splitlines()[0].lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown"), "")
         ps = parameters(p)
@@ -134,6 +149,50 @@ def _parse_rules(spec: str):
         raise InputError(f"parameter 'rules' must be a preset ({sorted(presets)}) or a YAML rules file; got {spec!r}")
     return Rules.from_yaml(spec)
 
+# %% ../nbs/09_templates.ipynb #20c78abc
+CLAIM_FILE = ".healthbench-claim"        # in every run folder: who claimed it, with the claim's token
+_CLAIM_KEY = "healthbench_claim"         # the token's key in a kernel's connection file
+
+def _why(e: OSError) -> str:
+    return f"{e.strerror or type(e).__name__}: {e.filename!r}" if e.filename else f"{e.strerror or e}"
+
+def _claimant(claim: Path) -> str:
+    try: c = json.loads(claim.read_text())
+    except (OSError, ValueError): return "by another run"
+    return f"by {c.get('by', 'another run')} (pid {c.get('pid')} on {c.get('host')}, {c.get('time')})"
+
+def _claim(folder: str | Path, by: str, allow=lambda p: False) -> str:
+    """Claim `folder` for one run and return the claim's token, atomically: `os.mkdir` makes a new folder; an existing
+    folder is claimed by creating its claim file with O_CREAT|O_EXCL and must hold nothing else (except what `allow`
+    accepts). Of two runs racing for one folder exactly one gets it; the other gets a `TemplateError`."""
+    folder = Path(folder)
+    try: folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise TemplateError(f"cannot create run folder {str(folder)!r}: {_why(e)}") from None
+    try: os.mkdir(folder); made = True
+    except FileExistsError:
+        if not folder.is_dir(): raise TemplateError(f"run folder {str(folder)!r} exists and is not a folder; give a new folder") from None
+        made = False
+    except OSError as e: raise TemplateError(f"cannot create run folder {str(folder)!r}: {_why(e)}") from None
+    claim, token = folder / CLAIM_FILE, uuid.uuid4().hex
+    try: fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise TemplateError(f"run folder {str(folder)!r} is already claimed {_claimant(claim)}; every run gets its own folder") from None
+    except OSError as e: raise TemplateError(f"cannot write in run folder {str(folder)!r}: {_why(e)}") from None
+    with os.fdopen(fd, "w") as f:
+        json.dump(dict(token=token, by=by, pid=os.getpid(), host=platform.node(),
+                       time=dt.datetime.now().isoformat(timespec="seconds")), f)
+    others = [] if made else sorted(p.name for p in folder.iterdir() if p.name != CLAIM_FILE and not allow(p))
+    if others:
+        claim.unlink()       # made a moment ago by this call: nothing of anyone else's is touched
+        shown = ", ".join(others[:5]) + (", …" if len(others) > 5 else "")
+        raise TemplateError(f"run folder {str(folder)!r} is not empty ({shown}); every run gets its own folder, "
+                            "new or empty, so no run overwrites another's files")
+    return token
+
+def _claim_token(folder: Path) -> str | None:
+    try: return json.loads((folder / CLAIM_FILE).read_text()).get("token")
+    except (OSError, ValueError, AttributeError): return None
+
 # %% ../nbs/09_templates.ipynb #3f13d873
 _VERSIONS = ("healthbench", "numpy", "pandas", "scikit-learn", "shap", "duckdb", "ibis-framework", "pyarrow",
              "papermill", "scipy", "joblib")
@@ -171,7 +230,6 @@ class RunResult:
 @functools.cache
 def kernel_name() -> str:
     "A kernelspec for this very Python, so a template runs in the environment healthbench runs in (not whatever 'python3' points to)."
-    import os
     from ipykernel.kernelspec import write_kernel_spec
     name, d = "healthbench-python", Path(tempfile.mkdtemp(prefix="healthbench-kernels-"))
     write_kernel_spec(d / "kernels" / name, overrides={"display_name": f"healthbench ({sys.executable})"})
@@ -179,41 +237,113 @@ def kernel_name() -> str:
     return name
 
 @functools.cache
-def _kernel_manager_class():
-    """On POSIX, kernels that talk to papermill over IPC sockets in a private folder instead of TCP on localhost (ipykernel
-    7 warns on every start that TCP is unencrypted); None (jupyter_client's TCP default) elsewhere."""
-    import os, uuid
-    if os.name != "posix": return None
+def _kernel_manager_base():
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
-    folder = tempfile.mkdtemp(prefix="hb-ipc-")   # absolute: the kernel runs in the run folder, the client here
+    ipc = tempfile.mkdtemp(prefix="hb-ipc-") if os.name == "posix" else None   # absolute: the kernel runs in the run folder
 
-    class IPCKernelManager(AsyncKernelManager):
-        @default("transport")
-        def _default_transport(self): return "ipc"
+    class RunKernelManager(AsyncKernelManager):
+        """The kernel of one run. Its connection file carries the run folder's claim token (only that kernel reads
+        it, so parallel runs in threads each hand their own token to their own kernel); it keeps the kernel's process,
+        so the run can say how a kernel that died ended; on POSIX it talks over IPC sockets in a private folder
+        instead of TCP on localhost (ipykernel 7 warns on every start that TCP is unencrypted)."""
+        hb_claim: str | None = None
+        hb_started: list | None = None
 
-        @default("ip")
-        def _default_ip(self): return os.path.join(folder, uuid.uuid4().hex[:12])
-    return IPCKernelManager
+        if ipc:
+            @default("transport")
+            def _default_transport(self): return "ipc"
+
+            @default("ip")
+            def _default_ip(self): return os.path.join(ipc, uuid.uuid4().hex[:12])
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.kernel_process = None
+            if self.hb_started is not None: self.hb_started.append(self)
+
+        def write_connection_file(self, **kw):
+            if self.hb_claim: kw[_CLAIM_KEY] = self.hb_claim
+            super().write_connection_file(**kw)
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            self.kernel_process = getattr(self.provisioner, "process", None)
+    return RunKernelManager
+
+def _kernel_manager(claim: str, started: list):
+    "A kernel-manager class for one run (nbclient makes the instance): its kernels get `claim`, and are listed in `started`."
+    return type("RunKernelManager", (_kernel_manager_base(),), {"hb_claim": claim, "hb_started": started})
+
+@dataclass
+class _Execution:
+    "How far one run's execution got: the kernel managers it started, the last cell sent to a kernel, the attempts, the signal that stopped it."
+    kernels: list = field(default_factory=list)
+    cell: int | None = None
+    attempts: int = 0
+    signal: int | None = None
+
+    def kernel_end(self) -> str:
+        "How the last kernel ended, e.g. 'killed by SIGKILL'; '' if it is alive or unknown."
+        proc = self.kernels[-1].kernel_process if self.kernels else None
+        code = None if proc is None else proc.poll()
+        if code is None: return ""
+        if code >= 0: return f"exit code {code}"
+        try: return f"killed by {signal.Signals(-code).name}"
+        except ValueError: return f"killed by signal {-code}"
+
+    def stop_kernels(self):
+        "Kill any kernel of this run still alive: nbclient asks them to shut down first; this is the backstop."
+        for km in self.kernels:
+            proc = km.kernel_process
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                try: proc.wait(timeout=10)
+                except Exception: pass   # reaped later; it was sent SIGKILL
 
 def _is_start_race(e: BaseException) -> bool:
     s = f"{type(e).__name__}: {e}"
     return any(m in s for m in ("Kernel died before replying", "DeadKernelError", "kernel_info", "Kernel didn't respond"))
 
-def _execute(path: Path, out_nb: Path, params: dict, cwd: Path, timeout: int, start_timeout: int, progress: bool):
+def _execute(path: Path, out_nb: Path, params: dict, cwd: Path, timeout: int, start_timeout: int, progress: bool,
+             claim: str, state: _Execution):
     import papermill
+    def sent(cell, cell_index): state.cell = cell_index
     for attempt in (1, 2):
+        state.attempts = attempt
         try:
             # the kernel's working directory is the run folder, set through nbclient's resources rather than
             # papermill's `cwd=`, which chdir()s the whole process and so breaks parallel runs in threads
-            manager = {"kernel_manager_class": _kernel_manager_class()} if _kernel_manager_class() else {}
             return papermill.execute_notebook(str(path), str(out_nb), parameters=params, kernel_name=kernel_name(), language="python",
                                               progress_bar=progress, start_timeout=start_timeout,
                                               execution_timeout=timeout, store_widget_state=False,
-                                              resources={"metadata": {"path": str(cwd)}}, **manager)
+                                              resources={"metadata": {"path": str(cwd)}},
+                                              kernel_manager_class=_kernel_manager(claim, state.kernels), on_cell_execute=sent)
         except Exception as e:
-            if attempt == 1 and _is_start_race(e): time.sleep(1.0); continue
+            # only a kernel that never ran a cell is started again: a cell that ran may have written files
+            if attempt == 1 and state.cell is None and _is_start_race(e): time.sleep(1.0); continue
             raise
+
+@contextlib.contextmanager
+def _interrupts(state: _Execution):
+    """While a run executes in the main thread, Ctrl-C and SIGTERM kill its kernel at once — asked politely, a kernel
+    busy in a cell prints a traceback as it goes — then call the handler the program had, if any, and raise `Interrupted`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def stop(signum, frame):
+        if state.signal is not None: return         # already stopping: let the manifest be written
+        state.signal = signum
+        state.stop_kernels()
+        before = previous[signum]
+        if callable(before) and before is not signal.default_int_handler: before(signum, frame)
+        raise Interrupted(signal.Signals(signum).name, signum=signum)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h is not None and h is not signal.SIG_IGN}   # ignored stays ignored
+    for s in previous: signal.signal(s, stop)
+    try: yield
+    finally:
+        for s, h in previous.items(): signal.signal(s, h)
 
 def _failed_cell(nb_path: Path) -> int | None:
     "Index (in the executed notebook) of the cell whose output is an error."
@@ -227,15 +357,38 @@ def _html(nb_path: Path, html_path: Path):
     body, _ = HTMLExporter().from_filename(str(nb_path))
     html_path.write_text(body)
 
+def _now() -> str: return dt.datetime.now().isoformat(timespec="seconds")
+
+def _write_manifest(run_dir: Path, manifest: dict): (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+def _record(run_dir: Path, manifest: dict, state: _Execution, t0: float):
+    "Finish the run folder: the executed notebook's kernelspec, report.html, provenance, every output's sha256, the manifest."
+    manifest["kernel"] = {"name": kernel_name(), "python": sys.executable, "starts": state.attempts}
+    nb_out = run_dir / "notebook.ipynb"
+    if nb_out.exists():     # the executed notebook opens with the ordinary Python kernel later
+        import nbformat
+        nb = nbformat.read(nb_out, as_version=4)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+        nbformat.write(nb, nb_out)
+    manifest["finished"] = _now()
+    manifest["seconds"] = round(time.perf_counter() - t0, 2)
+    if nb_out.exists():
+        try: _html(nb_out, run_dir / "report.html")
+        except Exception as e: manifest["html_error"] = f"{type(e).__name__}: {e}"
+    prov = run_dir / "provenance.json"
+    if prov.exists(): manifest.update(json.loads(prov.read_text()))
+    manifest["outputs"] = {str(p.relative_to(run_dir)): _sha256(p) for p in sorted(run_dir.rglob("*"))
+                           if p.is_file() and p.name not in ("manifest.json", CLAIM_FILE)}
+    _write_manifest(run_dir, manifest)
+
 def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None = None, *, timeout: int = 1200,
         start_timeout: int = 60, progress: bool = True) -> RunResult:
-    "Run template `name` with `params` into the run folder `out_dir` (new or empty); raises `TemplateRunError` on failure."
+    """Run template `name` with `params` into the run folder `out_dir` (new or empty; claimed atomically); raises
+    `TemplateRunError` on failure and `Interrupted` on Ctrl-C or SIGTERM, after marking the manifest."""
     path = template_path(name)
     full = validate(path, params)
     run_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"healthbench-{path.stem}-"))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise TemplateError(f"run folder {str(run_dir)!r} is not empty; every run gets its own folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim = _claim(run_dir, by="healthbench run")
     run_dir = run_dir.resolve()
     if "out_dir" in full: full["out_dir"] = str(run_dir)
     for k, v in full.items():   # the kernel runs in the run folder: paths relative to here must still point here
@@ -245,34 +398,37 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
     bundled = path.resolve().parent == TEMPLATE_DIR.resolve()
     manifest = dict(template=path.stem, template_file=None if bundled else str(path.resolve()),
                     template_sha256=_sha256(path), parameters=full, versions=versions(),
-                    seed=full.get("seed"), started=dt.datetime.now().isoformat(timespec="seconds"), status="running")
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    error = None
-    t0 = time.perf_counter()
-    try:
-        _execute(path, run_dir / "notebook.ipynb", full, run_dir, timeout, start_timeout, progress)
-        manifest["status"] = "succeeded"
-    except Exception as e:
-        manifest["status"] = "failed"
-        error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
-        manifest["failure"] = dict(cell_index=_failed_cell(run_dir / "notebook.ipynb"), error=error)
-    manifest["kernel"] = {"name": kernel_name(), "python": sys.executable}
-    nb_out = run_dir / "notebook.ipynb"
-    if nb_out.exists():     # the executed notebook opens with the ordinary Python kernel later
-        import nbformat
-        nb = nbformat.read(nb_out, as_version=4)
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-        nbformat.write(nb, nb_out)
-    manifest["finished"] = dt.datetime.now().isoformat(timespec="seconds")
-    manifest["seconds"] = round(time.perf_counter() - t0, 2)
-    if nb_out.exists():
-        try: _html(nb_out, run_dir / "report.html")
-        except Exception as e: manifest["html_error"] = f"{type(e).__name__}: {e}"
-    prov = run_dir / "provenance.json"
-    if prov.exists(): manifest.update(json.loads(prov.read_text()))
-    manifest["outputs"] = {str(p.relative_to(run_dir)): _sha256(p) for p in sorted(run_dir.rglob("*"))
-                           if p.is_file() and p.name != "manifest.json"}
-    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+                    seed=full.get("seed"), started=_now(), status="running")
+    _write_manifest(run_dir, manifest)
+    error, state, t0 = None, _Execution(), time.perf_counter()
+    with _interrupts(state):
+        try:
+            try:
+                _execute(path, run_dir / "notebook.ipynb", full, run_dir, timeout, start_timeout, progress, claim, state)
+                manifest["status"] = "succeeded"
+            except Exception as e:
+                from nbclient.exceptions import DeadKernelError
+                manifest["status"] = "failed"
+                if isinstance(e, DeadKernelError) and state.cell is not None:    # the kernel process itself ended mid-cell
+                    end = state.kernel_end() or "it stopped answering"
+                    error, cell = (f"DeadKernelError: the kernel died while running cell {state.cell} ({end}; out of memory, "
+                                   "or killed from outside); the run was not repeated"), state.cell
+                else:
+                    error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
+                    cell = _failed_cell(run_dir / "notebook.ipynb")
+                manifest["failure"] = dict(cell_index=cell, error=error)
+            _record(run_dir, manifest, state, t0)
+        except KeyboardInterrupt as e:    # Ctrl-C or SIGTERM (Interrupted), or a KeyboardInterrupt from elsewhere
+            state.signal = state.signal or getattr(e, "signum", signal.SIGINT)    # a second signal is ignored until the manifest is written
+            state.stop_kernels()
+            sig = signal.Signals(state.signal).name
+            where = (f"at cell {state.cell}" if state.cell is not None else "while its kernel started") \
+                    if manifest["status"] == "running" else "while the run was being recorded"
+            manifest.update(status="interrupted", finished=_now(), seconds=round(time.perf_counter() - t0, 2),
+                            interruption=dict(signal=sig, cell_index=state.cell))
+            _write_manifest(run_dir, manifest)
+            raise Interrupted(f"template {path.stem!r} interrupted by {sig} {where}; its kernel was shut down and the "
+                              f"manifest in {str(run_dir)!r} says 'interrupted'", signum=state.signal, run_dir=run_dir) from None
     if error is not None:
         where = f"cell {manifest['failure']['cell_index']}" if manifest["failure"]["cell_index"] is not None else "start"
         raise TemplateRunError(f"template {path.stem!r} failed at {where}: {error} (partial notebook and manifest in "
@@ -294,10 +450,9 @@ def sweep(name: str | Path, grid: dict | list, out_dir: str | Path, n_jobs: int 
     from tqdm.auto import tqdm
     combos = _grid(grid)
     for c in combos: validate(name, c)                      # all errors before any kernel starts
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise TemplateError(f"sweep folder {str(out_dir)!r} is not empty")
     if not isinstance(n_jobs, int) or n_jobs < 1: raise InputError(f"n_jobs must be a whole number >= 1; got {n_jobs!r}")
+    out_dir = Path(out_dir)
+    _claim(out_dir, by="healthbench sweep")
     def one(i_c):
         i, c = i_c
         d = out_dir / f"run_{i:03d}"
@@ -316,14 +471,46 @@ def _result_tables(run_dir: Path) -> dict[str, str]:
     out = run_dir / "outputs"
     return {p.name: _sha256(p) for p in sorted(out.glob("*")) if p.suffix in (".csv", ".json") and p.name != "output_log.json"}
 
-def verify(run_dir: str | Path, progress: bool = False) -> pd.DataFrame:
-    "Re-run a run folder's template from its manifest and compare each result table byte for byte."
-    run_dir = Path(run_dir)
+_MANIFEST_KEYS = {"template": str, "template_sha256": str, "parameters": dict, "status": str}
+
+def _read_manifest(run_dir: Path) -> dict:
+    "A run folder's manifest, or a `TemplateError` saying what is wrong with it."
     mf = run_dir / "manifest.json"
     if not mf.is_file(): raise TemplateError(f"{str(run_dir)!r} has no manifest.json: not a run folder")
-    m = json.loads(mf.read_text())
-    if m.get("status") != "succeeded": raise TemplateError(f"run {str(run_dir)!r} did not succeed ({m.get('status')}); nothing to verify")
-    path = template_path(m.get("template_file") or m["template"])
+    try: m = json.loads(mf.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise TemplateError(f"{str(mf)!r} is not valid JSON ({type(e).__name__}: {e}); the run folder is damaged") from None
+    if not isinstance(m, dict): raise TemplateError(f"{str(mf)!r} holds a JSON {type(m).__name__}, not a run manifest")
+    missing = [k for k in _MANIFEST_KEYS if k not in m]
+    if missing: raise TemplateError(f"{str(mf)!r} lacks {missing}: not a manifest healthbench wrote, or a damaged one")
+    wrong = [f"{k} ({type(m[k]).__name__}, expected {t.__name__})" for k, t in _MANIFEST_KEYS.items() if not isinstance(m[k], t)]
+    if wrong: raise TemplateError(f"{str(mf)!r} has fields of the wrong type: {', '.join(wrong)}")
+    return m
+
+def _trusted_template(run_dir: Path, m: dict) -> Path:
+    "The bundled template whose name and sha256 are the manifest's; anything else is refused, so a run folder never runs its own code."
+    hint = "to re-run a notebook you trust, name it: verify(run_dir, template=PATH) (CLI: --template PATH)"
+    if m.get("template_file"):
+        raise TemplateError(f"run {str(run_dir)!r} was made from the notebook {m['template_file']!r}, not a bundled "
+                            f"template; verify re-runs only bundled templates whose name and sha256 match the manifest; {hint}")
+    bundled = _bundled()
+    if m["template"] not in bundled:
+        raise TemplateError(f"run {str(run_dir)!r} names the template {m['template']!r}, which is not a bundled template "
+                            f"({sorted(bundled)}); {hint}")
+    path = bundled[m["template"]]
+    if _sha256(path) != m["template_sha256"]:
+        raise TemplateError(f"the bundled template {m['template']!r} is not the one this run used (sha256 "
+                            f"{_sha256(path)[:12]}… now, {m['template_sha256'][:12]}… in the manifest), so re-running it "
+                            f"would not reproduce the run; {hint}")
+    return path
+
+def verify(run_dir: str | Path, template: str | Path | None = None, progress: bool = False) -> pd.DataFrame:
+    """Re-run a run folder's template from its manifest and compare each result table byte for byte. Only the bundled
+    template the manifest names (same sha256) is run, unless you name the notebook to run as `template`."""
+    run_dir = Path(run_dir)
+    m = _read_manifest(run_dir)
+    if m["status"] != "succeeded": raise TemplateError(f"run {str(run_dir)!r} did not succeed ({m['status']}); nothing to verify")
+    path = _trusted_template(run_dir, m) if template is None else template_path(template)
     params = {k: v for k, v in m["parameters"].items() if k != "out_dir"}
     with tempfile.TemporaryDirectory(prefix="healthbench-verify-") as tmp:
         again = run(path, params, Path(tmp) / "run", progress=progress)
@@ -357,10 +544,31 @@ def template_session(out_dir: str | Path, rules: str = "uk_default", cdm=None):
     return Session(_parse_rules(rules), folder=out / "outputs", ledger=ledger,
                    source=cdm.fingerprint()["hash"] if cdm is not None else None)
 
+_MINE: set[str] = set()        # tokens of the claims template_out_dir made in this process (a cell run twice keeps its folder)
+
+def _kernel_token() -> str | None:
+    "The claim token `run()` handed to this kernel in its connection file; None anywhere else."
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+        if not IPKernelApp.initialized(): return None
+        from ipykernel.connect import get_connection_file
+        return json.loads(Path(get_connection_file()).read_text()).get(_CLAIM_KEY)
+    except (ImportError, OSError, ValueError, RuntimeError, AttributeError): return None
+
+def _notebook_file(p: Path) -> bool:
+    "What papermill or Jupyter put in a folder before a template's first cell runs: notebooks and their checkpoints."
+    return p.suffix == ".ipynb" or p.name == ".ipynb_checkpoints"
+
 def template_out_dir(out_dir: str) -> Path:
-    "The run folder: `out_dir`, or a new temporary folder when empty (papermill and nbdev-test runs)."
-    p = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="healthbench-run-"))
-    p.mkdir(parents=True, exist_ok=True)
+    """The run folder: `out_dir`, or a new temporary folder when empty (papermill and nbdev-test runs). The folder
+    `run()` claimed for this kernel is used as it is; any other is claimed here, atomically, and must be new or hold
+    only notebooks (papermill writes its output notebook before the first cell runs) — never another run's files."""
+    if out_dir:
+        p = Path(out_dir)
+        token = _claim_token(p) if p.is_dir() else None
+        if token is not None and (token == _kernel_token() or token in _MINE): return p
+    else: p = Path(tempfile.mkdtemp(prefix="healthbench-run-"))
+    _MINE.add(_claim(p, by="a template run outside healthbench run", allow=_notebook_file))
     return p
 
 OUTCOME_CONCEPTS = (4329847, 381316)      # the templates' example outcome: first MI or stroke (with descendants)

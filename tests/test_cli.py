@@ -1,5 +1,5 @@
 """CLI integration: the installed `healthbench` console script, run as a user would, in a subprocess."""
-import os, shutil, subprocess, sys
+import os, shutil, subprocess, sys, time
 from pathlib import Path
 
 import duckdb
@@ -41,19 +41,93 @@ def test_synth_missing_folder(tmp_path):
 
 
 def test_demo_summarises(tmp_path):
+    "The demo refuses to replace what it did not make; with --overwrite it moves the old ones aside, then runs."
+    demo = tmp_path / "healthbench-demo"
+    (demo / "runs" / "my_study").mkdir(parents=True)
+    (demo / "runs" / "my_study" / "results.csv").write_text("a user's results\n")
+    (demo / "cdm.duckdb").write_bytes(b"a user's database")
     r = run("demo", "--persons", "4000", "--quiet", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("healthbench demo: error: 'healthbench-demo/cdm.duckdb', 'healthbench-demo/runs' already exist")
+    assert "--overwrite" in r.stderr
+    assert (demo / "cdm.duckdb").read_bytes() == b"a user's database"
+    assert (demo / "runs" / "my_study" / "results.csv").read_text() == "a user's results\n"
+    r = run("demo", "--persons", "4000", "--quiet", "--overwrite", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "healthbench-demo" / "cdm.duckdb").exists()
+    old_db = [p for p in demo.iterdir() if p.name.startswith("cdm-replaced-") and p.suffix == ".duckdb"]
+    old_runs = [p for p in demo.iterdir() if p.name.startswith("runs-replaced-")]
+    assert len(old_db) == len(old_runs) == 1
+    assert old_db[0].read_bytes() == b"a user's database"                        # moved, never deleted
+    assert (old_runs[0] / "my_study" / "results.csv").read_text() == "a user's results\n"
+    assert f"moved healthbench-demo/cdm.duckdb aside to healthbench-demo/{old_db[0].name}" in r.stdout
+    assert f"moved healthbench-demo/runs aside to healthbench-demo/{old_runs[0].name}" in r.stdout
+    assert (demo / "cdm.duckdb").exists()
     lines = r.stdout.splitlines()
     assert any(l.split()[:2] == ["person", "4,000"] for l in lines)
     assert "tripod_ai_report.html" in r.stdout
     assert "per 1,000 person-years" in r.stdout
-    runs = tmp_path / "healthbench-demo" / "runs"
+    runs = demo / "runs"
     for name in ("characterise", "predict", "survival", "explain", "fairness", "report"):   # the demo ends with the report
         assert (runs / name / "report.html").exists() and (runs / name / "release" / "results.json").exists(), name
-        assert f"{runs / name / 'release'}" in r.stdout
+        assert f"{runs.relative_to(tmp_path) / name / 'release'}" in r.stdout
     if os.name == "posix":   # kernels talk over IPC sockets, so ipykernel has no unencrypted-TCP warning to print
         assert "without encryption" not in r.stderr, r.stderr[-2000:]
+
+
+BAD_INPUT = [   # (argv, what the one line on stderr must say); files named here are written by the `bad_files` fixture
+    (["synth", "--persons", "1000000000000", "--out", "x.duckdb"], "--persons must be at most 100,000,000"),
+    (["synth", "--persons", "10", "--seed", "-1", "--out", "x.duckdb"], "--seed must be 0 or a positive whole number"),
+    (["synth", "--persons", "10", "--out", "file.txt/x.duckdb"], "'file.txt' is a file, not a folder"),
+    (["synth", "--persons", "10", "--out", "/proc/x.duckdb"], "cannot write in '/proc'"),
+    (["demo", "--persons", "1000000000000", "--out", "d/cdm.duckdb"], "--persons must be at most 100,000,000"),
+    (["demo", "--seed", "-5", "--out", "d/cdm.duckdb"], "--seed must be 0 or a positive whole number"),
+    (["demo", "--out", "file.txt/cdm.duckdb", "--skip-templates"], "'file.txt' is a file, not a folder"),
+    (["demo", "--out", "/proc/healthbench/cdm.duckdb", "--skip-templates"], "cannot create the folder '/proc/healthbench'"),
+    (["demo", "--out", "file.txt", "--skip-templates"], "'file.txt' already exists"),
+    (["run", "characterise", "-p", "persons", "[1, 2", "--out", "r"], "-p persons '[1, 2': not a valid YAML value"),
+    (["run", "characterise", "-p", "persons", "many", "--out", "r"], "parameter 'persons' must be int"),
+    (["run", "characterise", "-f", "broken.yaml", "--out", "r"], "is not valid YAML"),
+    (["run", "characterise", "-f", "latin1.yaml", "--out", "r"], "is not UTF-8 text (byte 0xe9"),
+    (["run", "characterise", "-f", "utf16.yaml", "--out", "r"], "is UTF-16 text; save it as UTF-8"),
+    (["run", "characterise", "-f", "image.png", "--out", "r"], "is not text (it holds NUL bytes"),
+    (["run", "characterise", "-f", "list.yaml", "--out", "r"], "must be a mapping of name: value lines; it holds a YAML list"),
+    (["run", "characterise", "-f", "scalar.yaml", "--out", "r"], "must be a mapping of name: value lines; it holds a YAML str"),
+    (["run", "characterise", "--out", "file.txt"], "run folder 'file.txt' exists and is not a folder"),
+    (["run", "characterise", "--out", "file.txt/run"], "cannot create run folder 'file.txt/run'"),
+    (["run", "characterise", "--out", "/proc/healthbench/run"], "cannot create run folder '/proc/healthbench/run'"),
+    (["run", "notjson.ipynb", "--out", "r"], "template 'notjson.ipynb' is not a Jupyter notebook (NotJSONError"),
+    (["run", "other.ipynb", "--out", "r"], "template 'other.ipynb' is not a Jupyter notebook (ValidationError"),
+    (["run", "nosuch", "--out", "r"], "no template named 'nosuch'"),
+    (["verify", "broken_manifest"], "manifest.json' is not valid JSON"),
+    (["verify", "partial_manifest"], "lacks ['template_sha256', 'parameters', 'status']"),
+    (["verify", "file.txt"], "has no manifest.json: not a run folder"),
+]
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    files = {"file.txt": b"a file", "broken.yaml": b"persons: [1, 2\n", "latin1.yaml": "group: caf\u00e9\n".encode("latin-1"),
+             "utf16.yaml": "persons: 2000\n".encode("utf-16"), "image.png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64),
+             "list.yaml": b"- persons\n- 2000\n", "scalar.yaml": b"persons 2000\n", "notjson.ipynb": b"{not json",
+             "other.ipynb": b'{"a": 1}', "broken_manifest/manifest.json": b"{not json",
+             "partial_manifest/manifest.json": b'{"template": "characterise"}'}
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUT, ids=[" ".join(a)[:60] for a, _ in BAD_INPUT])
+def test_bad_input_is_one_named_line(bad_files, argv, message):
+    "Each bad input: exit status 2, one line `healthbench CMD: error: ...` naming the problem, no traceback, nothing written."
+    t0 = time.perf_counter()
+    r = run(*argv, cwd=bad_files)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"healthbench {argv[0]}: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert message in r.stderr, r.stderr
+    assert not any((bad_files / p).exists() for p in ("x.duckdb", "d", "r")), "bad input must not write anything"
+    assert time.perf_counter() - t0 < 30
 
 
 def test_version():

@@ -1,0 +1,272 @@
+"""Run safety, for real: racing runs, plain papermill into a claimed folder, a kernel killed mid-cell, Ctrl-C and
+SIGTERM while a cell runs, and `verify` given a run folder that carries its own code.
+
+Everything here uses real kernels (papermill), real subprocesses and real signals; nothing is mocked. The templates
+are tiny notebooks written into `tmp_path`, so each kernel run costs seconds, not the bundled templates' minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from healthbench.errors import Interrupted, TemplateError, TemplateRunError
+from healthbench.templates import CLAIM_FILE, _sha256, run
+
+EXE = shutil.which("healthbench") or str(Path(sys.executable).with_name("healthbench"))
+pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and /proc")
+
+
+def template(folder: Path, name: str, *cells: str, params: str = "") -> Path:
+    "A template notebook: a parameters cell (`out_dir` plus `params`), then `cells`, the first claiming the run folder."
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(f'out_dir: str = ""  # run folder\n{params}'.strip())
+    p.metadata["tags"] = ["parameters"]
+    setup = ("import os, time\nfrom healthbench.templates import template_out_dir\nout = template_out_dir(out_dir)\n"
+             "with open(os.path.join(out, 'starts.txt'), 'a') as f: f.write('started\\n')\n"
+             "open(os.path.join(out, 'kernel.pid'), 'w').write(str(os.getpid()))")
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {name}"), p, nbformat.v4.new_code_cell(setup),
+                *[nbformat.v4.new_code_cell(c) for c in cells]]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+SLEEP = "open(os.path.join(out, 'sleeping'), 'w').close()\ntime.sleep(120)"
+
+
+def wait_for(path: Path, timeout: float = 90) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - t0 > timeout: raise AssertionError(f"{path} never appeared")
+        time.sleep(0.1)
+    time.sleep(0.5)          # the cell is now inside time.sleep
+
+
+def alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    try: return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError): return False
+
+
+def wait_dead(pid: int, timeout: float = 20) -> bool:
+    t0 = time.monotonic()
+    while alive(pid):
+        if time.monotonic() - t0 > timeout: return False
+        time.sleep(0.1)
+    return True
+
+
+def cell_index(run_dir: Path, text: str) -> int:
+    nb = nbformat.read(run_dir / "notebook.ipynb", as_version=4)
+    return next(i for i, c in enumerate(nb.cells) if text in c.source)
+
+
+def intact(run_dir: Path) -> None:
+    "Every output the manifest lists has the sha256 it lists."
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "succeeded", m.get("failure")
+    for rel, digest in m["outputs"].items(): assert _sha256(run_dir / rel) == digest, rel
+
+
+# --- a kernel killed in the middle of a cell -------------------------------------------------------------------------
+
+def test_kernel_killed_mid_cell_fails_the_run_and_is_not_rerun(tmp_path):
+    nb = template(tmp_path, "slow", SLEEP)
+    out, result = tmp_path / "run", {}
+    def go():
+        try: run(nb, {}, out, progress=False)
+        except BaseException as e: result["error"] = e
+    t0 = time.monotonic()
+    th = threading.Thread(target=go)
+    th.start()
+    wait_for(out / "sleeping")
+    pid = int((out / "kernel.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    th.join(90)
+    assert not th.is_alive()
+    assert time.monotonic() - t0 < 60, "the notebook was run again after the kernel died"
+    e = result["error"]
+    cell = cell_index(out, "time.sleep")
+    assert isinstance(e, TemplateRunError)
+    assert f"the kernel died while running cell {cell} (killed by SIGKILL" in str(e), str(e)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["failure"]["cell_index"] == cell and "kernel died" in m["failure"]["error"]
+    assert m["kernel"]["starts"] == 1 and m["finished"]
+    assert (out / "starts.txt").read_text() == "started\n", "the notebook's cells ran twice"
+
+
+def test_kernel_killed_mid_cell_through_the_cli(tmp_path):
+    nb = template(tmp_path, "slow", SLEEP)
+    out = tmp_path / "run"
+    p = subprocess.Popen([EXE, "run", str(nb), "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    wait_for(out / "sleeping")
+    os.kill(int((out / "kernel.pid").read_text()), signal.SIGKILL)
+    stdout, stderr = p.communicate(timeout=90)
+    assert p.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert f"healthbench run: error: template 'slow' failed at cell {cell_index(out, 'time.sleep')}: DeadKernelError: the kernel died" in stderr
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    assert (out / "starts.txt").read_text() == "started\n"
+
+
+# --- Ctrl-C and SIGTERM while a cell runs ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig, status, to_group", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False),
+                                                   (signal.SIGINT, 130, True)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-to-process-group"])
+def test_signal_interrupts_a_cli_run(tmp_path, sig, status, to_group):
+    "The CLI shuts the kernel down, marks the manifest interrupted, prints one line and exits 128 + signal."
+    nb = template(tmp_path, "slow", SLEEP)
+    out = tmp_path / "run"
+    p = subprocess.Popen([EXE, "run", str(nb), "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=to_group)
+    wait_for(out / "sleeping")
+    kernel = int((out / "kernel.pid").read_text())
+    t0 = time.monotonic()
+    if to_group: os.killpg(p.pid, sig)            # what a terminal's Ctrl-C does
+    else: p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == status, (p.returncode, stderr)
+    assert time.monotonic() - t0 < 30
+    assert "Traceback" not in stderr, stderr
+    cell = cell_index(out, "time.sleep")
+    lines = [l for l in stderr.splitlines() if l.strip()]
+    assert lines == [f"healthbench run: template 'slow' interrupted by {sig.name} at cell {cell}; its kernel was shut down "
+                     f"and the manifest in {str(out.resolve())!r} says 'interrupted'"], stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["finished"] and m["seconds"] > 0
+    assert m["interruption"] == {"signal": sig.name, "cell_index": cell}
+    assert wait_dead(kernel), "the kernel outlived the interrupted run"
+
+
+def test_sigterm_interrupts_run_called_from_python(tmp_path):
+    "run() in a plain Python program (SIGTERM not handled): the manifest is marked and Interrupted is raised."
+    nb = template(tmp_path, "slow", SLEEP)
+    out = tmp_path / "run"
+    script = ("import sys\nfrom healthbench.templates import run\nfrom healthbench.errors import Interrupted\n"
+              f"try: run({str(nb)!r}, {{}}, {str(out)!r}, progress=False)\n"
+              "except Interrupted as e: print('Interrupted', e.signum, e.run_dir); sys.exit(99)\n")
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(out / "sleeping")
+    kernel = int((out / "kernel.pid").read_text())
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=60)
+    assert p.returncode == 99, stderr
+    assert stdout.strip() == f"Interrupted {int(signal.SIGTERM)} {out.resolve()}"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["interruption"]["signal"] == "SIGTERM" and m["finished"]
+    assert wait_dead(kernel)
+
+
+# --- racing for one run folder ---------------------------------------------------------------------------------------
+
+WHO = ("open(os.path.join(out, 'who.txt'), 'w').write(who)\nos.makedirs(os.path.join(out, 'outputs'), exist_ok=True)\n"
+       "open(os.path.join(out, 'outputs', 'who.csv'), 'w').write(f'who\\n{who}\\n')\ntime.sleep(1)")
+
+
+@pytest.mark.parametrize("exists", [False, True], ids=["new-folder", "existing-empty-folder"])
+def test_two_runs_racing_for_one_folder(tmp_path, exists):
+    "Two threads call run() into the same folder at the same moment: exactly one runs, the other gets a TemplateError."
+    nb = template(tmp_path, "who", WHO, params='who: str = ""  # who ran')
+    out = tmp_path / "shared"
+    if exists: out.mkdir()
+    go, results = threading.Barrier(2), {}
+    def racer(who):
+        go.wait()
+        try: results[who] = run(nb, {"who": who}, out, progress=False)
+        except BaseException as e: results[who] = e
+    threads = [threading.Thread(target=racer, args=(w,)) for w in ("a", "b")]
+    for t in threads: t.start()
+    for t in threads: t.join(120)
+    won = [w for w, r in results.items() if not isinstance(r, BaseException)]
+    lost = [w for w, r in results.items() if isinstance(r, BaseException)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert type(results[lost[0]]) is TemplateError, repr(results[lost[0]])
+    assert "is already claimed by" in str(results[lost[0]])
+    assert (out / "who.txt").read_text() == won[0]
+    assert (out / "starts.txt").read_text() == "started\n"
+    intact(out)
+
+
+def test_two_cli_runs_racing_for_one_out(tmp_path):
+    nb = template(tmp_path, "who", WHO, params='who: str = ""  # who ran')
+    out = tmp_path / "shared"
+    ps = {w: subprocess.Popen([EXE, "run", str(nb), "-p", "who", w, "--out", str(out), "--quiet"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in ("a", "b")}
+    done = {w: (p, *p.communicate(timeout=120)) for w, p in ps.items()}
+    codes = sorted(p.returncode for p, _, _ in done.values())
+    assert codes == [0, 2], {w: (p.returncode, e) for w, (p, _, e) in done.items()}
+    winner = next(w for w, (p, _, _) in done.items() if p.returncode == 0)
+    loser_err = next(e for w, (p, _, e) in done.items() if p.returncode == 2)
+    assert "Traceback" not in loser_err
+    assert loser_err.startswith("healthbench run: error: run folder") and "claimed" in loser_err, loser_err
+    assert (out / "who.txt").read_text() == winner
+    intact(out)
+
+
+# --- plain papermill into a claimed folder ---------------------------------------------------------------------------
+
+def test_plain_papermill_cannot_overwrite_a_run(tmp_path):
+    nb = template(tmp_path, "who", WHO, params='who: str = ""  # who ran')
+    r = run(nb, {"who": "first"}, tmp_path / "run", progress=False)
+    before = {rel: _sha256(r.run_dir / rel) for rel in r.manifest["outputs"]}
+    p = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(tmp_path / "second.ipynb"), "-k", "python3",
+                        "-p", "out_dir", str(r.run_dir), "-p", "who", "second", "--no-progress-bar"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0
+    assert "TemplateError" in p.stderr and "is already claimed by healthbench run" in p.stderr, p.stderr[-2000:]
+    assert {rel: _sha256(r.run_dir / rel) for rel in before} == before
+    assert (r.run_dir / "who.txt").read_text() == "first"
+    # the same with papermill's --cwd in the run folder and a relative out_dir, as a user might type it
+    p = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(tmp_path / "third.ipynb"), "-k", "python3",
+                        "--cwd", str(r.run_dir), "-p", "out_dir", ".", "--no-progress-bar"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "is already claimed by healthbench run" in p.stderr
+    assert {rel: _sha256(r.run_dir / rel) for rel in before} == before
+    # a run folder made before claims existed (no claim file) is refused for its files
+    (r.run_dir / CLAIM_FILE).unlink()
+    p = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(tmp_path / "fourth.ipynb"), "-k", "python3",
+                        "-p", "out_dir", str(r.run_dir), "--no-progress-bar"], capture_output=True, text=True, timeout=300)
+    assert p.returncode != 0 and "is not empty (kernel.pid, manifest.json, outputs, report.html" in p.stderr, p.stderr[-2000:]
+    assert {rel: _sha256(r.run_dir / rel) for rel in before} == before
+
+
+# --- verify never runs a received folder's code ----------------------------------------------------------------------
+
+def test_verify_refuses_a_planted_notebook_and_runs_a_named_one(tmp_path):
+    marker = tmp_path / "MARKER"
+    nb = template(tmp_path, "who", WHO, params='who: str = ""  # who ran')
+    r = run(nb, {"who": "me"}, tmp_path / "run", progress=False)
+    planted = template(tmp_path, "planted", f"open({str(marker)!r}, 'w').write('ran')", params='who: str = ""  # who ran')
+    m = json.loads((r.run_dir / "manifest.json").read_text())
+    received = tmp_path / "received"
+    shutil.copytree(r.run_dir, received)
+    for change in ({"template_file": str(planted)}, {"template_file": None, "template": str(planted)},
+                   {"template_file": None, "template": "planted"}):
+        (received / "manifest.json").write_text(json.dumps({**m, **change}))
+        p = subprocess.run([EXE, "verify", str(received), "--quiet"], capture_output=True, text=True, timeout=300)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.startswith("healthbench verify: error: ") and "--template PATH" in p.stderr, p.stderr
+        assert not marker.exists(), "verify ran the received folder's notebook"
+    with pytest.raises(TemplateError, match="not a bundled template"):
+        from healthbench.templates import verify
+        verify(received)
+    assert not marker.exists()
+    # the notebook the user names is run
+    (received / "manifest.json").write_text(json.dumps(m))
+    p = subprocess.run([EXE, "verify", str(received), "--template", str(nb), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "all result tables identical" in p.stdout, p.stdout + p.stderr
