@@ -443,7 +443,7 @@ def performance(y, predictions: dict, alpha: float = 0.05) -> Counted:
     rows = []
     for name, p in predictions.items():
         a, cal = auroc(y, p, alpha), calibration(y, p, alpha)
-        rows += [dict(model=name, metric="AUROC", value=a.value, lo=a.lo, hi=a.hi),
+        rows += [dict(model=name, metric="AUROC (DeLong 95% CI)", value=a.value, lo=a.lo, hi=a.hi),
                  dict(model=name, metric="AUPRC", value=auprc(y, p), lo=np.nan, hi=np.nan),
                  dict(model=name, metric="Brier score", value=brier(y, p), lo=np.nan, hi=np.nan),
                  dict(model=name, metric="calibration-in-the-large", value=cal["citl"], lo=cal["citl_lo"], hi=cal["citl_hi"]),
