@@ -4,9 +4,10 @@
 
 Each checkout's templates run with their defaults (synthetic CDM, seed 1) in a kernel that imports that checkout
 (PYTHONPATH), one after the other. For every released CSV the script counts the cells of the table body and the
-cells hidden: '[c]' (this release's marker) or empty (the earlier one's), and prints a table per template and output
-with both checkouts side by side. Outputs withheld entirely count as all hidden (their cells are taken from the
-other checkout's table of the same name where there is one). Not a test: a measurement for the notes.
+cells hidden: '[c]' (the marker a suppressed cell gets since the release ledger) or, for a checkout without that marker, an empty cell
+(there an empty cell is also a value that does not apply, e.g. a confidence interval of a Brier score, so its
+figure is an upper bound), and prints a table per template and output with both checkouts side by side. Not a
+test: a measurement for the notes.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def cells(release: Path) -> dict[str, tuple[int, int]]:
     for f in sorted(release.glob("*.csv")):
         t = pd.read_csv(f, dtype=str, keep_default_na=False)
         body = t.iloc[:, 1:] if len(t.columns) > 1 else t
-        hidden = int(body.isin(["[c]", ""]).to_numpy().sum())
+        marked = int(body.isin(["[c]"]).to_numpy().sum())
+        hidden = marked if marked or any("[c]" in g.read_text() for g in release.glob("*.csv")) else int(body.isin([""]).to_numpy().sum())
         out[f.stem] = (int(body.size), hidden)
     return out
 
