@@ -36,16 +36,18 @@ Single definition:
 Batch (one process, one fresh connection and one output file per definition, <out-dir>/<json stem>.json):
     python tests/circe/oracle.py --cdm X.duckdb --json a.json b.json ... --out-dir DIR
     python tests/circe/oracle.py --cdm X.duckdb --json-list FILE_OF_PATHS --out-dir DIR
-A per-definition `--timeout` interrupts DuckDB; `--threads` sets DuckDB's threads (default 1: shared machines).
+A per-definition `--timeout` interrupts DuckDB, `--build-timeout` circepy's SQL generation; `--threads` sets DuckDB's threads (default 1: shared machines).
 circepy's translation to DuckDB is cached by definition text (`sql_cache_dir()`; `--no-sql-cache` to bypass).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -171,19 +173,42 @@ def attrition_from_stats(inclusion_rules: list[dict], stats: dict, qualified: di
     return steps
 
 
+class BuildTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float | None):
+    """Interrupt circepy's (pure Python) SQL generation after `seconds` (main thread only; else no limit)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise BuildTimeout(f"circepy's SQL generation took longer than {seconds:g} s")
+    previous = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_definition(cdm: str | os.PathLike, json_text: str, *, cohort_id: int = 1, timeout: float | None = None,
-                   threads: int | None = 1, stages_dir: Path | None = None, sql_out: Path | None = None,
-                   sql_cache: Path | None = None) -> dict:
+                   build_timeout: float | None = None, threads: int | None = 1, stages_dir: Path | None = None,
+                   sql_out: Path | None = None, sql_cache: Path | None = None) -> dict:
     """Run one definition; never raises for a definition's own failure (it is reported in the result)."""
     t0 = time.perf_counter()
     res: dict = {"status": "error", "error": None, "persons": None, "records": None, "rows": None,
                  "inclusion_rules": [], "stats": {}, "attrition": [], "stages": {}, "codesets": {},
                  "n_statements": None, "seconds": {}, "cohort_id": cohort_id}
     try:
-        expression, statements, sql_cached = render_sql(json_text, cohort_id, sql_cache)
+        with _alarm(build_timeout):
+            expression, statements, sql_cached = render_sql(json_text, cohort_id, sql_cache)
     except Exception as exc:
-        res["error"] = {"stage": getattr(exc, "oracle_stage", "build"), "type": type(exc).__name__,
-                        "message": str(exc)[:4000]}
+        stage = "timeout" if isinstance(exc, BuildTimeout) else getattr(exc, "oracle_stage", "build")
+        res["error"] = {"stage": stage, "type": type(exc).__name__, "message": str(exc)[:4000]}
         res["seconds"] = {"build": round(time.perf_counter() - t0, 3), "total": round(time.perf_counter() - t0, 3)}
         return res
     t_built = time.perf_counter()
@@ -300,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", help="folder for <json stem>.json results (batch mode)")
     p.add_argument("--cohort-id", type=int, default=1)
     p.add_argument("--timeout", type=float, default=None, help="seconds per definition, then DuckDB is interrupted")
+    p.add_argument("--build-timeout", type=float, default=None,
+                   help="seconds for circepy's SQL generation (render + translate) per definition")
     p.add_argument("--threads", type=int, default=1, help="DuckDB threads (0: DuckDB's default)")
     p.add_argument("--rows-parquet", action="store_true", help="cohort rows to <out>.rows.parquet, not the JSON")
     p.add_argument("--stages", action="store_true", help="also save every stage table's rows as Parquet")
@@ -320,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         outs = [Path(a.out_dir) / f"{path.stem}.json" for path in paths]
     else:
         p.error("give --out for one definition or --out-dir for several")
-    kw = dict(cohort_id=a.cohort_id, timeout=a.timeout, threads=a.threads or None, rows_parquet=a.rows_parquet,
+    kw = dict(cohort_id=a.cohort_id, timeout=a.timeout, build_timeout=a.build_timeout, threads=a.threads or None, rows_parquet=a.rows_parquet,
               stages=a.stages, save_sql=a.save_sql, sql_cache=None if a.no_sql_cache else sql_cache_dir())
     n_ok = 0
     for i, (path, out) in enumerate(zip(paths, outs), 1):
