@@ -57,7 +57,7 @@ class CirceResult:
     def ok(self) -> bool:
         return self.raw.get("status") == "ok"
 
-    def raise_for_error(self) -> "CirceResult":
+    def raise_for_error(self) -> CirceResult:
         if not self.ok:
             raise CirceError(self.raw)
         return self
@@ -91,7 +91,7 @@ def _run_oracle(cdm_path, json_paths: list[Path], out_dir: Path, *, cohort_id: i
         cmd += ["--timeout", str(timeout)]
     if stages:
         cmd += ["--stages"]
-    proc = subprocess.run(cmd, env=_oracle_env(), capture_output=True, text=True)
+    proc = subprocess.run(cmd, env=_oracle_env(), capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"oracle.py exited {proc.returncode}:\n{proc.stderr[-4000:]}")
 
@@ -208,9 +208,9 @@ class CohortDiff:
     def report(self, rows_a: pd.DataFrame, rows_b: pd.DataFrame, max_persons: int = 10) -> str:
         a, b = self.names
         c = self.counts
-        lines = [f"cohorts differ: {a} {c['records_a']} rows / {c['persons_a']} persons, "
-                 f"{b} {c['records_b']} rows / {c['persons_b']} persons; {len(self.only_a)} rows only in {a}, "
-                 f"{len(self.only_b)} rows only in {b}, {len(self.persons)} persons differ"]
+        lines = [(f"cohorts differ: {a} {c['records_a']} rows / {c['persons_a']} persons, "
+                  f"{b} {c['records_b']} rows / {c['persons_b']} persons; {len(self.only_a)} rows only in {a}, "
+                  f"{len(self.only_b)} rows only in {b}, {len(self.persons)} persons differ")]
         for pid in self.persons[:max_persons]:
             lines.append(f"  subject_id {pid}:")
             for name, rows, only in ((a, rows_a, self.only_a), (b, rows_b, self.only_b)):

@@ -36,7 +36,8 @@ Single definition:
 Batch (one process, one fresh connection and one output file per definition, <out-dir>/<json stem>.json):
     python tests/circe/oracle.py --cdm X.duckdb --json a.json b.json ... --out-dir DIR
     python tests/circe/oracle.py --cdm X.duckdb --json-list FILE_OF_PATHS --out-dir DIR
-A per-definition `--timeout` interrupts DuckDB, `--build-timeout` circepy's SQL generation; `--threads` sets DuckDB's threads (default 1: shared machines).
+A per-definition `--timeout` interrupts DuckDB, `--build-timeout` circepy's SQL generation; `--threads` sets DuckDB's
+threads (default 1: shared machines).
 circepy's translation to DuckDB is cached by definition text (`sql_cache_dir()`; `--no-sql-cache` to bypass).
 """
 from __future__ import annotations
@@ -81,7 +82,8 @@ create table {RESULTS}.cohort_censor_stats (cohort_definition_id bigint, lost_co
 """
 STATS_TABLES = ("cohort_inclusion_result", "cohort_inclusion_stats", "cohort_summary_stats", "cohort_censor_stats")
 # circepy's cleanup of a temp table: "DELETE FROM t;" (TRUNCATE translated) then "DROP TABLE t;"
-_CLEANUP = re.compile(r"^\s*(?:delete\s+from|truncate\s+table|drop\s+table)\s+([a-z_][a-z0-9_]*)\s*;?\s*$", re.I)
+_CLEANUP = re.compile(r"^\s*(?:delete\s+from|truncate\s+table|drop\s+table)\s+([a-z_][a-z0-9_]*)\s*;?\s*$",
+                      re.IGNORECASE)
 
 
 def versions() -> dict:
@@ -206,7 +208,7 @@ def run_definition(cdm: str | os.PathLike, json_text: str, *, cohort_id: int = 1
     try:
         with _alarm(build_timeout):
             expression, statements, sql_cached = render_sql(json_text, cohort_id, sql_cache)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of circepy on a definition is that definition's result
         stage = "timeout" if isinstance(exc, BuildTimeout) else getattr(exc, "oracle_stage", "build")
         res["error"] = {"stage": stage, "type": type(exc).__name__, "message": str(exc)[:4000]}
         res["seconds"] = {"build": round(time.perf_counter() - t0, 3), "total": round(time.perf_counter() - t0, 3)}
@@ -268,7 +270,7 @@ def run_definition(cdm: str | os.PathLike, json_text: str, *, cohort_id: int = 1
         if summary and (summary[0]["base_count"], summary[1]["base_count"]) != (q.get("records"), q.get("persons")):
             raise AssertionError(f"oracle: Circe's base counts {summary} differ from qualified_events {q}")
         res["status"] = "ok"
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - as above: reported, and the batch goes on
         if timer:
             timer.cancel()
         stage = "timeout" if timed_out.is_set() else ("execute" if index >= 0 else "setup")
@@ -347,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         outs = [Path(a.out_dir) / f"{path.stem}.json" for path in paths]
     else:
         p.error("give --out for one definition or --out-dir for several")
-    kw = dict(cohort_id=a.cohort_id, timeout=a.timeout, build_timeout=a.build_timeout, threads=a.threads or None, rows_parquet=a.rows_parquet,
-              stages=a.stages, save_sql=a.save_sql, sql_cache=None if a.no_sql_cache else sql_cache_dir())
+    kw = {"cohort_id": a.cohort_id, "timeout": a.timeout, "build_timeout": a.build_timeout,
+          "threads": a.threads or None, "rows_parquet": a.rows_parquet, "stages": a.stages, "save_sql": a.save_sql,
+          "sql_cache": None if a.no_sql_cache else sql_cache_dir()}
     n_ok = 0
     for i, (path, out) in enumerate(zip(paths, outs), 1):
         res = run_file(a.cdm, path, out, **kw)

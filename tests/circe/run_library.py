@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-import typed_cdm  # noqa: E402
+import typed_cdm
 
 LIBRARY = typed_cdm.SHARED / "phenotypes" / "ohdsi_phenotype_library"
 COLUMNS = ["cohort_id", "name", "status", "error_stage", "error_type", "error", "persons", "records", "n_rules",
@@ -86,7 +86,8 @@ def summary_row(cohort_id: str, name: str, res: dict) -> dict:
 
 def run(which: str, out_csv: Path, work: Path, *, timeout: float, limit: int | None, threads: int,
         summarise_only: bool = False) -> dict:
-    names = {r["cohortId"]: r["cohortName"] for r in csv.DictReader(open(LIBRARY / "Cohorts.csv", newline=""))}
+    with open(LIBRARY / "Cohorts.csv", newline="") as fh:
+        names = {r["cohortId"]: r["cohortName"] for r in csv.DictReader(fh)}
     defs = sorted((LIBRARY / "cohorts").glob("*.json"), key=lambda p: int(p.stem) if p.stem.isdigit() else p.stem)
     defs = defs[:limit] if limit else defs
     out_dir = work / which

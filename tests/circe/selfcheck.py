@@ -1,7 +1,7 @@
 """Hand-checked cases through the whole harness: a toy CDM small enough to work out by hand, Circe definitions written
 here, circepy's answer through `compare.circe_result`, and the answer we expect from Circe's documented semantics.
 
-    /work/main/.venv/bin/python tests/circe/selfcheck.py        (healthbench's venv; about 15 s)
+    /work/main/.venv/bin/python tests/circe/selfcheck.py     (healthbench's venv; about 30 s on a loaded 2-core machine)
 
 It checks the harness (oracle, subprocess, rows, attrition, stage tables) and pins down, on data we control, what
 circepy does on points where an engine is easy to get wrong: how concept sets resolve against `concept` and
@@ -22,8 +22,8 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-import compare  # noqa: E402
-import typed_cdm  # noqa: E402
+import compare
+import typed_cdm
 
 D = dt.date.fromisoformat
 

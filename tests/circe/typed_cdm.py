@@ -36,7 +36,6 @@ import csv
 import hashlib
 import json
 import os
-import re
 import sys
 import tempfile
 import time
@@ -264,7 +263,7 @@ def _cached(which: str, add_missing_tables: bool, folder: str | os.PathLike | No
 
 
 def typed_gibleed(folder: str | os.PathLike | None = None, *, add_missing_tables: bool = True) -> Path:
-    """Path of typed GiBleed (OMOP v5.3, 2,694 persons), built on first use and reused while its sources are unchanged."""
+    """Path of typed GiBleed (OMOP v5.3, 2,694 persons), built on first use, reused while its sources are unchanged."""
     return _cached("gibleed", add_missing_tables, folder)
 
 
