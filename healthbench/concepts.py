@@ -94,7 +94,7 @@ def _cdm_table(cdm, name: str):
     if name not in found:
         backend, schema = cdm.backend, getattr(cdm, "schema", None)
         try: present = {t.lower(): t for t in (backend.list_tables(database=schema) if schema else backend.list_tables())}
-        except Exception: present = {}
+        except Exception: return None   # not remembered: the next call asks again
         t = None
         if name in present:
             t = backend.table(present[name], database=schema)
