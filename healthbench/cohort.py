@@ -6,14 +6,14 @@ Docs: https://github.com/healthbench/healthbench/cohort.html.md"""
 
 # %% ../nbs/05_cohort.ipynb #c3f03aee
 from __future__ import annotations
-import json, math, datetime as _dt
+import json, math, warnings, datetime as _dt
 from dataclasses import dataclass, field, fields
 
 import ibis
 import pandas as pd
 
 from .errors import CohortDefinitionError, InputError
-from .concepts import ConceptSet, resolve, resolve_many, _show
+from .concepts import ConceptSet, resolve, resolve_many, _show, _cdm_table
 from . import vocabulary as V
 
 # %% auto #0
@@ -30,6 +30,8 @@ DOMAINS = {  # domain -> (table, concept column, date column, value column)
     "measurement": ("measurement", "measurement_concept_id", "measurement_date", "value_as_number"),
     "observation": ("observation", "observation_concept_id", "observation_date", "value_as_number"),
     "visit": ("visit_occurrence", "visit_concept_id", "visit_start_date", None),
+    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date", None),
+    "device": ("device_exposure", "device_concept_id", "device_exposure_start_date", None),
 }
 COUNT_OPS = ("at_least", "at_most", "exactly")
 SEX = {"male": V.GENDER["male"], "female": V.GENDER["female"]}
@@ -460,9 +462,24 @@ def _isin(col, ids: list[int], backend_name: str):
         return ibis.literal(ids, type=f"array<{col.type()}>").contains(col)
     return col.isin(ids)
 
+def _table_or_empty(cdm, name: str, columns: dict, what: str) -> ibis.Table:
+    """`cdm`'s table `name`; when its database has none, an empty table with `columns` (name -> type) and a warning
+    saying what finds nothing (a CDM without `procedure_occurrence`, MIMIC-IV's without `measurement`)."""
+    t = _cdm_table(cdm, name)
+    if t is not None: return t
+    warnings.warn(f"this CDM has no {name} table: {what}", UserWarning, stacklevel=4)
+    p = cdm.person
+    return p.filter(ibis.literal(False)).select(person_id=p.person_id, **{c: ibis.null(k) for c, k in columns.items()})
+
+def _domain_table(cdm, domain: str) -> ibis.Table:
+    "The domain's event table (empty, with a warning, if this CDM has none)."
+    table, concept_col, date_col, value_col = DOMAINS[domain]
+    cols = {concept_col: "int64", date_col: "date", **({value_col: "float64"} if value_col else {})}
+    return _table_or_empty(cdm, table, cols, f"criteria on the {domain} domain find no events")
+
 def _events(cdm, domain: str, ids: list[int], value: ValueRange | None) -> ibis.Table:
     table, concept_col, date_col, value_col = DOMAINS[domain]
-    t = cdm[table]
+    t = _domain_table(cdm, domain)
     t = t.filter(_isin(t[concept_col], ids, cdm.backend.name))
     if value is not None:
         v = t[value_col]
@@ -513,7 +530,7 @@ def _scan_all(cdm, records: ibis.Table, groups: dict, ids: dict, exit_key, diale
     parts = []
     for g, ((domain, cs), members) in enumerate(groups.items()):
         table, concept_col, date_col, value_col = DOMAINS[domain]
-        t = cdm[table]
+        t = _domain_table(cdm, domain)
         t = t.filter(_isin(t[concept_col], ids[cs], dialect))
         cols = dict(person_id=t.person_id, event_date=t[date_col].cast("date"))
         if need_value:
@@ -521,6 +538,9 @@ def _scan_all(cdm, records: ibis.Table, groups: dict, ids: dict, exit_key, diale
                              else ibis.null()).cast("float64")
         if many: cols["_g"] = ibis.literal(g, "int32")
         parts.append(t.select(**cols))
+    if any(p.schema() != parts[0].schema() for p in parts):   # tables typed differently (int32 and int64 ids, NOT NULL or not)
+        parts = [p.mutate(person_id=p.person_id.cast("int64"), event_date=p.event_date.cast("date"),
+                          **({"value": p.value.cast("float64")} if need_value else {})) for p in parts]
     ev = parts[0].union(*parts[1:]) if many else parts[0]
     # each group's date bounds are computed once per record (not once per event pair), then compared in the join
     r, spans, bounds = records.view(), [], {}
@@ -760,7 +780,9 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_k
     if d.ethnicity is not None:
         checks.append(p.race_source_value.isin(d.ethnicity)); labels.append(("ethnicity", f"ethnicity: {'; '.join(d.ethnicity)}"))
     if d.imd_quintile is not None:
-        o = cdm.observation
+        o = _table_or_empty(cdm, "observation", {"observation_concept_id": "int64", "observation_source_concept_id": "int64",
+                                                 "observation_date": "date", "value_as_number": "float64"},
+                            "nobody has an IMD quintile, so the IMD criterion keeps no one")
         imd = o.filter((o.observation_concept_id == V.IMD_CONCEPT) | (o.observation_source_concept_id == V.IMD_CONCEPT))
         imd = imd.select(person_id=imd.person_id, imd_date=imd.observation_date.cast("date"), imd_value=imd.value_as_number)
         def make_latest():
@@ -806,7 +828,7 @@ def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_k
     elif x.strategy == "event":
         end = exit_date.fill_null(records.op_end)
     else:   # the person's earliest death date, wherever it falls, if it is in [index, period end]
-        dt_ = cdm.death
+        dt_ = _table_or_empty(cdm, "death", {"death_date": "date"}, "no deaths are recorded, so records end at observation end")
         death = dt_.group_by("person_id").aggregate(_death=dt_.death_date.cast("date").min()).rename(_dp="person_id")
         f = f.left_join(death, records.person_id == death._dp)
         inside = ((death._death >= records.index_date) & (death._death <= records.op_end)).fill_null(False)
@@ -828,6 +850,7 @@ def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> Cohor
     ids = cache.ids(cohort.concept_sets) if cache is not None else \
         dict(zip([cs.name for cs in cohort.concept_sets], resolve_many(cdm, cohort.concept_sets)))
     dialect = cdm.backend.name
+    for name in _tables_read(cohort): _cdm_table(cdm, name)   # looked up now: below, a worker thread uses the connection
     # entry, records and the one-row-per-record `wide` table go to session temp tables, so the attrition and the
     # cohort table read `wide` rather than recompute it (and SQLite's parser never sees the fully nested query).
     # On DuckDB a worker thread creates them while this thread builds and compiles the next statement, and the
@@ -855,6 +878,13 @@ def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> Cohor
     att["records_lost"] = (att.records.shift(1) - att.records).fillna(0).astype("int64")
     att = att[["step", "persons", "records", "persons_lost", "records_lost", "description"]]
     return CohortResult(cohort, plan.table, Attrition(att), ids, cdm.backend, cdm, fetch_sql)
+
+def _tables_read(cohort: Cohort) -> set[str]:
+    "The event, observation and death tables that generating `cohort` reads."
+    domains = {cohort.entry.domain} | {c.domain for c in _leaves([r.rule for r in cohort.inclusion_rules])}
+    if cohort.exit.strategy == "event": domains.add(cohort.exit.domain)
+    return {DOMAINS[d][0] for d in domains} | ({"observation"} if cohort.demographics.imd_quintile is not None else set()) \
+        | ({"death"} if cohort.exit.strategy == "death" else set())
 
 def _attrition_query(plan: _Plan) -> ibis.Table:
     "One row: the counts of every step. The earlier steps' counts ride on every row of `wide`; later steps are cumulative."

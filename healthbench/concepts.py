@@ -6,14 +6,14 @@ Docs: https://github.com/healthbench/healthbench/concepts.html.md"""
 
 # %% ../nbs/04_concepts.ipynb #a7db765d
 from __future__ import annotations
-import codecs, csv, io, numbers, os, re, warnings
+import codecs, csv, io, numbers, os, re, warnings, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ibis
 import pandas as pd
 
-from .errors import InputError, ConceptError, UnknownConceptWarning
+from .errors import HealthbenchError, InputError, ConceptError, UnknownConceptWarning, EmptyConceptSetWarning
 
 # %% auto #0
 __all__ = ['MAX_CONCEPT_ID', 'DOMAINS', 'MAX_SEARCH_ROWS', 'ConceptSet', 'concept_set', 'resolve', 'resolve_many',
@@ -81,51 +81,109 @@ def concept_set(name: str, *ids: int, descendants: bool = True, exclude=(), on_u
     return ConceptSet(name, include=list(ids), descendants=descendants, exclude=list(exclude), on_unknown=on_unknown)
 
 # %% ../nbs/04_concepts.ipynb #23aefe91
+_TABLES = weakref.WeakKeyDictionary()   # CDM -> {name: ibis table or None}, for tables found by listing its database
+
+def _cdm_table(cdm, name: str):
+    """`cdm`'s OMOP table `name` as an ibis table, or `None` when its database has none (a trimmed vocabulary without
+    `concept_ancestor`, a CDM without `measurement`). A table the `CDM` object does not expose is looked up in its
+    database (the same schema, any case of name), so that every OMOP table a database has can be read."""
+    try: return cdm[name]
+    except (HealthbenchError, KeyError, AttributeError): pass
+    try: found = _TABLES.setdefault(cdm, {})
+    except TypeError: found = {}   # an object that cannot be weakly referenced: look the table up every time
+    if name not in found:
+        backend, schema = cdm.backend, getattr(cdm, "schema", None)
+        try: present = {t.lower(): t for t in (backend.list_tables(database=schema) if schema else backend.list_tables())}
+        except Exception: return None   # not remembered: the next call asks again
+        t = None
+        if name in present:
+            t = backend.table(present[name], database=schema)
+            if any(c != c.lower() for c in t.columns): t = t.rename(str.lower)
+        found[name] = t
+    return found[name]
+
 def _unknown(kind: str, cs: ConceptSet, missing: list):
     if not missing: return
     msg = f"concept set {cs.name!r}: {len(missing)} {kind} not in this CDM's vocabulary: {missing[:20]}" + (" …" if len(missing) > 20 else "")
     if cs.on_unknown == "error":
         raise ConceptError(msg + " (pass on_unknown='warn' to leave them out with a warning)", unknown=missing)
-    warnings.warn(msg + "; they were left out", UnknownConceptWarning, stacklevel=3)
+    warnings.warn(msg + "; they were left out", UnknownConceptWarning, stacklevel=4)
 
 def resolve(cdm, cs: ConceptSet) -> list[int]:
-    "The concept ids `cs` stands for in `cdm`'s vocabulary (descendants expanded, exclusions removed)."
+    "The concept ids `cs` stands for in `cdm`'s vocabulary (descendants expanded, exclusions removed); `[]`, with a warning, if none."
     return resolve_many(cdm, [cs])[0]
 
 # %% ../nbs/04_concepts.ipynb #0eb3cc68
+def _vocabulary_rows(concept, anc, roots: list[int]) -> tuple[set, set, dict]:
+    """For `roots`, in one query: those that are rows of `concept`, those that appear in `concept_ancestor` (either
+    column), and each root's descendants that are valid rows of `concept`."""
+    parts = []
+    if concept is not None:
+        c = concept.filter(concept.concept_id.isin(roots))
+        parts.append(c.select(_a=c.concept_id.cast("int64"), _d=ibis.null("int64"), _k=ibis.literal(0, "int8")))
+    if anc is not None:
+        a = anc.filter(anc.ancestor_concept_id.isin(roots) | anc.descendant_concept_id.isin(roots))
+        if concept is not None:
+            valid = concept.filter(concept.invalid_reason.isnull()) if "invalid_reason" in concept.columns else concept
+            valid = valid.select(_v=valid.concept_id)
+            a = a.left_join(valid, a.descendant_concept_id == valid._v)
+            kind = a._v.notnull().ifelse(2, 1)   # 2: the descendant is a valid concept here, 1: it is not
+        else: kind = ibis.literal(1)
+        parts.append(a.select(_a=a.ancestor_concept_id.cast("int64"), _d=a.descendant_concept_id.cast("int64"), _k=kind.cast("int8")))
+    in_concept, in_ancestor, desc = set(), set(), {}
+    if not parts: return in_concept, in_ancestor, desc
+    got = (parts[0].union(parts[1], distinct=False) if len(parts) > 1 else parts[0]).to_pyarrow().to_pydict()
+    wanted = set(roots)
+    for a_, d, k in zip(got["_a"], got["_d"], got["_k"]):
+        if k == 0: in_concept.add(a_); continue
+        if a_ in wanted:
+            in_ancestor.add(a_)
+            if k == 2: desc.setdefault(a_, set()).add(d)
+        if d in wanted: in_ancestor.add(d)
+    return in_concept, in_ancestor, desc
+
+def _empty(cs: ConceptSet, reason: str, why: str):
+    warnings.warn(EmptyConceptSetWarning(f"concept set {cs.name!r} resolves to no concepts in this CDM: {why}; criteria on "
+                                         "it match no events, so a cohort entered through it is empty", cs.name, reason), stacklevel=4)
+
 def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
     "`resolve` for each concept set of `sets`, in order: one vocabulary query (one more per vocabulary of codes)."
-    concept, anc = cdm.concept, cdm.concept_ancestor
-    all_ids = {i for cs in sets for i in cs.include} | {i for cs in sets for i in cs.exclude}
+    concept, anc = _cdm_table(cdm, "concept"), _cdm_table(cdm, "concept_ancestor")
     by_code = {}
     for vocab in sorted({v for cs in sets for v in cs.codes}):
+        by_code[vocab] = {}
+        if concept is None: continue
         codes = sorted({c for cs in sets for c in cs.codes.get(vocab, [])})
         hit = concept.filter((concept.vocabulary_id == vocab) & concept.concept_code.isin(codes))
         hit = hit.select("concept_id", "concept_code").to_pyarrow().to_pydict()
         by_code[vocab] = {str(c): int(i) for i, c in zip(hit["concept_id"], hit["concept_code"])}
-    roots = sorted(all_ids | {i for m in by_code.values() for i in m.values()})
-    # the known roots (rows with no descendant) and, if any set wants them, every root's descendants, in one query
-    known, desc = set(), {}
-    if roots:
-        q = concept.filter(concept.concept_id.isin(roots)).select(_a=concept.concept_id.cast("int64"), _d=ibis.null("int64"))
-        if any(cs.descendants for cs in sets):
-            a = anc.filter(anc.ancestor_concept_id.isin(roots))
-            q = q.union(a.select(_a=a.ancestor_concept_id.cast("int64"), _d=a.descendant_concept_id.cast("int64")))
-        got = q.to_pyarrow().to_pydict()
-        for a_, d in zip(got["_a"], got["_d"]):
-            if d is None: known.add(int(a_))
-            else: desc.setdefault(int(a_), set()).add(int(d))
-    expand = lambda ids, on: set(ids) | ({d for i in ids for d in desc.get(i, ())} if on else set())
+    roots = sorted({i for cs in sets for i in (*cs.include, *cs.exclude)} | {i for m in by_code.values() for i in m.values()})
+    in_concept, in_ancestor, desc = _vocabulary_rows(concept, anc, roots) if roots else (set(), set(), {})
+    known = in_concept | in_ancestor
+    def codeset(ids, descendants: bool) -> set[int]:   # as Circe: the ids that are concepts, and their valid descendants
+        return (set(ids) & in_concept) | ({d for i in ids for d in desc.get(i, ())} if descendants else set())
     out = []
     for cs in sets:
+        ids = (set(cs.include) & known) | {by_code[v][c] for v, codes in cs.codes.items() for c in codes if c in by_code[v]}
+        if not ids:   # none of it is known here: a vocabulary without these concepts, not a typo among known ones
+            what = ([f"concept ids {_show(cs.include)}"] if cs.include else []) + [f"{v} codes {_show(c)}" for v, c in cs.codes.items() if c]
+            _empty(cs, "not in this vocabulary", f"none of its {' or '.join(what)} is in this CDM's vocabulary (in neither concept "
+                   "nor concept_ancestor" + ("; this CDM has no concept_ancestor table" if anc is None else "") + ")")
+            out.append([]); continue
         _unknown("concept ids", cs, sorted(set(cs.include) - known))
-        ids = set(cs.include) & known
-        for vocab, codes in cs.codes.items():
-            _unknown(f"{vocab} codes", cs, sorted(set(codes) - set(by_code[vocab])))
-            ids |= {by_code[vocab][c] for c in codes if c in by_code[vocab]}
-        got = sorted(expand(ids, cs.descendants) - expand(cs.exclude, cs.descendants))
-        if not got: raise ConceptError(f"concept set {cs.name!r} resolves to no concepts in this CDM", unknown=[])
-        out.append(got)
+        for v, codes in cs.codes.items(): _unknown(f"{v} codes", cs, sorted(set(codes) - set(by_code[v])))
+        got = codeset(ids, cs.descendants)
+        if not got:
+            _empty(cs, "no descendants", f"its concept ids {_show(sorted(ids))} are not rows of this CDM's concept table (only of "
+                   "concept_ancestor), and " + ("none of their descendants there is a valid concept here" if cs.descendants
+                                                 else "descendants=False leaves none of their descendants"))
+            out.append([]); continue
+        got -= codeset(cs.exclude, cs.descendants)
+        if not got:
+            _empty(cs, "all excluded", f"its exclusions {_show(cs.exclude)}" + (" and their descendants" if cs.descendants else "")
+                   + f" remove every concept it includes")
+            out.append([]); continue
+        out.append(sorted(got))
     return out
 
 # %% ../nbs/04_concepts.ipynb #c33cc1b1
@@ -210,11 +268,12 @@ def from_codelist(source: str | os.PathLike | io.IOBase, *, name: str | None = N
     return ConceptSet(name or stem, codes={vocabulary: codes}, descendants=descendants, on_unknown=on_unknown)
 
 # %% ../nbs/04_concepts.ipynb #ca091b0e
-DOMAINS = ("Condition", "Drug", "Measurement", "Observation", "Visit", "Gender", "Race", "Unit", "Type Concept", "Metadata")
+DOMAINS = ("Condition", "Drug", "Procedure", "Device", "Measurement", "Observation", "Visit", "Gender", "Race", "Unit",
+           "Type Concept", "Metadata")
 MAX_SEARCH_ROWS = 10_000
 
 def search_concepts(cdm, text: str, domain: str | None = None, *, standard_only: bool = False, limit: int = 50) -> pd.DataFrame:
-    "Concepts whose name contains `text` (case-insensitive) or whose code equals it, optionally in one domain."
+    "Concepts whose name contains `text` (case-insensitive), whose code equals it or whose id it is, optionally in one domain."
     if not isinstance(text, str) or not text.strip(): raise InputError(f"search text must be a non-empty string; got {_show(text)}")
     if "\x00" in text: raise InputError(f"search text contains a NUL character (\\x00); remove it: {_show(text)}")
     if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or not 1 <= limit <= MAX_SEARCH_ROWS:
@@ -222,11 +281,15 @@ def search_concepts(cdm, text: str, domain: str | None = None, *, standard_only:
     if not isinstance(standard_only, bool): raise InputError(f"standard_only must be True or False; got {_show(standard_only)}")
     c = cdm.concept
     q = text.strip()
-    hit = c.concept_name.lower().contains(q.lower()) | (c.concept_code == q)
+    exact = c.concept_code == q
+    if q.isascii() and q.isdigit() and len(q) <= 19 and 1 <= int(q) <= MAX_CONCEPT_ID:   # an id typed as text
+        exact |= c.concept_id == int(q)
+    hit = c.concept_name.lower().contains(q.lower()) | exact
     if domain is not None:
         doms = c.select("domain_id").distinct().to_pandas().domain_id.tolist()
         if domain not in doms: raise InputError(f"unknown domain {_show(domain)}; this vocabulary has {sorted(doms)}")
         hit &= c.domain_id == domain
     if standard_only: hit &= c.standard_concept.isin(["S", "C"])
     cols = ["concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id", "standard_concept", "concept_code"]
-    return c.filter(hit).select(cols).order_by("concept_name").limit(int(limit)).to_pandas()
+    found = c.filter(hit).select(*cols, _rank=exact.ifelse(0, 1))
+    return found.order_by(["_rank", "concept_name"]).limit(int(limit)).drop("_rank").to_pandas()

@@ -10,8 +10,8 @@ from __future__ import annotations
 # %% auto #0
 __all__ = ['HealthbenchError', 'InputError', 'CDMError', 'CDMConnectionError', 'CDMNotFoundError', 'SchemaError',
            'MissingTableError', 'MissingColumnError', 'ColumnTypeError', 'ConceptError', 'CohortDefinitionError',
-           'UnsupportedAtlasFeature', 'UnknownConceptWarning', 'DisclosureError', 'RulesError', 'BundleExistsError',
-           'TemplateError', 'TemplateRunError', 'Interrupted']
+           'UnsupportedAtlasFeature', 'UnknownConceptWarning', 'EmptyConceptSetWarning', 'DisclosureError',
+           'RulesError', 'BundleExistsError', 'TemplateError', 'TemplateRunError', 'Interrupted']
 
 # %% ../nbs/00_errors.ipynb #c9888e7b
 class HealthbenchError(Exception):
@@ -62,6 +62,14 @@ class UnsupportedAtlasFeature(CohortDefinitionError):
 
 class UnknownConceptWarning(UserWarning):
     "Some concept ids or codes of a concept set are not in the vocabulary and were left out."
+
+class EmptyConceptSetWarning(UserWarning):
+    """A concept set resolves to no concepts in this CDM (its ids are not in the vocabulary, or its exclusions remove
+    everything): criteria on it match no events, so a cohort entered through it is empty. `concept_set` names the
+    set, `reason` says why."""
+    def __init__(self, message: str, concept_set: str = "", reason: str = ""):
+        super().__init__(message)
+        self.concept_set, self.reason = concept_set, reason
 
 # %% ../nbs/00_errors.ipynb #309ef839
 class DisclosureError(HealthbenchError, ValueError):

@@ -20,7 +20,7 @@ import pandas as pd
 from .errors import HealthbenchError, InputError
 from .concepts import ConceptSet, concept_set, resolve, search_concepts
 from .cohort import (Cohort, Criterion, Demographics, EntryEvent, Exit, Group, InclusionRule, Window,
-                                DOMAINS, ETHNICITY_LABELS, EXIT_STRATEGIES, COUNT_OPS, GenerationCache, generate)
+                                DOMAINS, ETHNICITY_LABELS, EXIT_STRATEGIES, COUNT_OPS, GenerationCache, generate, _domain_table)
 from .disclosure import Rules, display_count, uk_default
 
 # %% auto #0
@@ -28,11 +28,11 @@ __all__ = ['ConceptSetPicker', 'CohortBuilder', 'cohort_code', 'TemplateRunner',
 
 # %% ../nbs/10_widgets.ipynb #036daa99
 _OMOP_DOMAIN = {"condition": "Condition", "drug": "Drug", "measurement": "Measurement", "observation": "Observation",
-                "visit": "Visit"}
+                "visit": "Visit", "procedure": "Procedure", "device": "Device"}
 
 def _persons_with(cdm, ids: list[int], domain: str) -> int:
     table, concept_col, _, _ = DOMAINS[domain]
-    t = cdm[table]
+    t = _domain_table(cdm, domain)   # empty when this CDM has no such table
     return int(t.filter(t[concept_col].isin(ids)).person_id.nunique().execute()) if ids else 0
 
 class ConceptSetPicker(W.VBox):
@@ -55,7 +55,10 @@ class ConceptSetPicker(W.VBox):
         "Run the search in the box and list the hits (keeping ticks that are still listed)."
         q = self.query.value.strip()
         if not q: self.results.options = []; return pd.DataFrame()
-        hits = search_concepts(self.cdm, q, domain=_OMOP_DOMAIN[self.domain.value])
+        try: hits = search_concepts(self.cdm, q, domain=_OMOP_DOMAIN[self.domain.value])
+        except InputError as e:   # a vocabulary without concepts of this domain (no procedures in the synthetic one)
+            if not str(e).startswith("unknown domain"): raise
+            hits = pd.DataFrame(columns=["concept_id", "concept_name", "vocabulary_id", "concept_code"])
         kept = [v for v in self.results.value if v in set(hits.concept_id)]
         self.results.options = [(f"{r.concept_name} ({r.vocabulary_id} {r.concept_code})", int(r.concept_id))
                                 for r in hits.itertuples()]
@@ -387,7 +390,10 @@ class CohortBuilder(W.VBox):
             if v != self._version: return          # stale: never overwrite a newer definition's counts
             self.result, self.attrition = result, result.attrition
             last = result.attrition.iloc[-1]
-            self.count.value = f"<b style='font-size:120%'>{display_count(last.persons, self.rules)} persons in the cohort</b>"
+            empty = [n for n, ids in result.concept_ids.items() if not ids]   # an empty cohort, with its reason
+            note = "" if not empty else ("<br><span style='color:#9a5b00'>⚠ concept set " + html.escape(", ".join(map(repr, empty)))
+                                         + " resolves to no concepts in this CDM: criteria on it match no events</span>")
+            self.count.value = f"<b style='font-size:120%'>{display_count(last.persons, self.rules)} persons in the cohort</b>{note}"
             self.flow.value = _flow_html(result.attrition, self.rules)
             if v == self._version: self.status.value = "up to date"
 

@@ -7,7 +7,7 @@ query engines against an in-memory reference engine. Keep it simple and obviousl
 it loops over records in Python where that is clearer than a join.
 
 `evaluate(tables, definition)` takes the CDM tables as pandas DataFrames (only the columns it reads need to be
-present; a missing event table counts as empty) and a cohort definition in its JSON (dict) layout, and returns
+present; a missing table counts as empty, and a `concept` table without `invalid_reason` as all valid) and a cohort definition in its JSON (dict) layout, and returns
 `(cohort, attrition)`:
 
 - `cohort`: columns person_id (int64), cohort_start_date, cohort_end_date (datetime64[ns], midnight),
@@ -28,6 +28,8 @@ DOMAINS = {
     "measurement": ("measurement", "measurement_concept_id", "measurement_date", "value_as_number"),
     "observation": ("observation", "observation_concept_id", "observation_date", "value_as_number"),
     "visit": ("visit_occurrence", "visit_concept_id", "visit_start_date", None),
+    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date", None),
+    "device": ("device_exposure", "device_concept_id", "device_exposure_start_date", None),
 }
 
 COHORT_COLUMNS = ["person_id", "cohort_start_date", "cohort_end_date"]
@@ -35,7 +37,7 @@ ATTRITION_COLUMNS = ["step", "persons", "records", "persons_lost", "records_lost
 
 
 class ReferenceConceptError(ValueError):
-    "A concept set names unknown concepts (with on_unknown='error') or resolves to nothing."
+    "A concept set names unknown concepts (with on_unknown='error') among known ones."
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -53,40 +55,47 @@ def _table(tables: dict, name: str, columns: list[str]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------------ concept sets
 def resolve_concept_set(tables: dict, cs: dict) -> set[int]:
-    """Concept ids of concept set `cs` (a dict in the definition layout), from the concept and concept_ancestor tables:
-    included ids that exist, plus concepts matching (vocabulary_id, concept_code); with `descendants`, every
-    descendant in concept_ancestor; minus excluded ids (and, with `descendants`, their descendants)."""
-    concept = tables["concept"]
-    anc = tables["concept_ancestor"]
-    known = set(int(i) for i in concept["concept_id"])
+    """Concept ids of concept set `cs` (a dict in the definition layout), as the semantics section says (Circe's codeset):
+
+    - an id is *known* if it is in concept.concept_id or in either column of concept_ancestor;
+    - codes map to the concept ids with that (vocabulary_id, concept_code);
+    - the codeset of some ids: those that are rows of concept, plus (with `descendants`) the descendant_concept_id of
+      every concept_ancestor row whose ancestor is one of them and which is a concept row with a null invalid_reason;
+    - the set: codeset(known included ids and mapped codes) - codeset(excluded ids);
+    - nothing known: the empty set; else unknown ids or codes raise with on_unknown='error' (left out with 'warn').
+    """
+    concept = tables.get("concept")
+    if concept is None: concept = pd.DataFrame({"concept_id": [], "vocabulary_id": [], "concept_code": []})
+    anc = tables.get("concept_ancestor")
+    in_concept = set(int(i) for i in concept["concept_id"])
+    valid = (set(int(i) for i in concept.loc[concept["invalid_reason"].isna(), "concept_id"])
+             if "invalid_reason" in concept.columns else in_concept)
+    known = set(in_concept)
+    if anc is not None:
+        known |= set(int(i) for i in anc["ancestor_concept_id"]) | set(int(i) for i in anc["descendant_concept_id"])
     include = [int(i) for i in cs.get("include", []) or []]
     exclude = [int(i) for i in cs.get("exclude", []) or []]
     descendants = bool(cs.get("descendants", True))
-    on_unknown = cs.get("on_unknown", "error")
-    missing = sorted(set(include) - known)
-    ids = set(include) & known
+    missing = [i for i in include if i not in known]
+    ids = {i for i in include if i in known}
     for vocab, codes in (cs.get("codes") or {}).items():
         codes = {str(c) for c in codes}
         hit = concept[(concept["vocabulary_id"] == vocab) & concept["concept_code"].astype(str).isin(codes)]
         missing += sorted(codes - set(hit["concept_code"].astype(str)))
         ids |= set(int(i) for i in hit["concept_id"])
-    if missing and on_unknown == "error":
+    if not ids:
+        return set()
+    if missing and cs.get("on_unknown", "error") == "error":
         raise ReferenceConceptError(f"concept set {cs['name']!r}: unknown {missing}")
 
-    def with_descendants(xs: set[int]) -> set[int]:
-        if not xs: return set()
-        d = anc.loc[anc["ancestor_concept_id"].isin(list(xs)), "descendant_concept_id"]
-        return set(xs) | set(int(i) for i in d)
+    def codeset(xs: set[int]) -> set[int]:
+        out = {x for x in xs if x in in_concept}
+        if descendants and anc is not None and xs:
+            below = anc.loc[anc["ancestor_concept_id"].isin(list(xs)), "descendant_concept_id"]
+            out |= {int(d) for d in below if int(d) in valid}
+        return out
 
-    if descendants:
-        ids = with_descendants(ids)
-        drop = with_descendants(set(exclude))
-    else:
-        drop = set(exclude)
-    out = ids - drop
-    if not out:
-        raise ReferenceConceptError(f"concept set {cs['name']!r} resolves to no concepts")
-    return out
+    return codeset(ids) - codeset(set(exclude))
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -153,6 +162,8 @@ def evaluate(tables: dict[str, pd.DataFrame], definition: dict) -> tuple[pd.Data
         if name not in resolved: resolved[name] = resolve_concept_set(tables, sets[name])
         return resolved[name]
 
+    for name in sets:      # every concept set resolves (a refused one fails the definition), used or not
+        ids(name)
     attrition: list[tuple] = []
     entry = definition["entry"]
 

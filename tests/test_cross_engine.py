@@ -1,7 +1,9 @@
 """Cross-engine: the same cohort definitions give identical cohort tables and attrition on DuckDB, SQLite and
 a real PostgreSQL server.
 
-The synthetic CDM is generated in DuckDB and copied table by table into SQLite and Postgres through ibis.
+The synthetic CDM is generated in DuckDB and copied table by table into SQLite and Postgres through ibis. The
+generator writes no procedures or devices, so the fixture adds `procedure_occurrence` and `device_exposure` rows
+derived from its visits, and their concepts to the vocabulary, for a definition on those domains.
 PostgreSQL comes from `HB_POSTGRES_URL` (set by `tests/postgres.sh start`, which `.ci/run` runs); without it the
 Postgres case is skipped, unless `HB_REQUIRE_POSTGRES=1` (set in CI), where a missing server is a failure.
 """
@@ -27,6 +29,46 @@ HT = concept_set("hypertension", V.CONDITION["hypertension"])
 VISIT = concept_set("outpatient", V.VISIT["outpatient"], descendants=False)
 SMOKER = concept_set("smoker", V.SMOKING["current"], descendants=False)
 
+# procedures as in GiBleed's vocabulary; devices as a site's own concepts (ids from 2,000,000,000 up)
+CHOLE, LAP_CHOLE, SINGLE_LUNG_TX, PUMP, PUMP_V2, STENT = 4242997, 4163971, 4337611, 2_000_000_101, 2_000_000_102, 2_000_000_201
+CHOLECYSTECTOMY = concept_set("cholecystectomy", CHOLE)
+INSULIN_PUMP = concept_set("insulin pump", PUMP)
+NO_STENT = concept_set("stent", STENT)
+EXTRA_DDL = {   # the tables the synthetic generator does not write, when healthbench.schema does not define them
+    "procedure_occurrence": "CREATE TABLE procedure_occurrence (procedure_occurrence_id BIGINT, person_id BIGINT, "
+                            "procedure_concept_id BIGINT, procedure_date DATE, procedure_type_concept_id BIGINT)",
+    "device_exposure": "CREATE TABLE device_exposure (device_exposure_id BIGINT, person_id BIGINT, device_concept_id BIGINT, "
+                       "device_exposure_start_date DATE, device_exposure_end_date DATE, device_type_concept_id BIGINT)",
+}
+EXTRA_ROWS = {   # from the synthetic visits: a procedure at every inpatient stay, a device at some outpatient visits
+    "procedure_occurrence": f"""SELECT visit_occurrence_id AS procedure_occurrence_id, person_id,
+        CASE visit_occurrence_id % 3 WHEN 0 THEN {LAP_CHOLE} WHEN 1 THEN {CHOLE} ELSE {SINGLE_LUNG_TX} END AS procedure_concept_id,
+        visit_start_date AS procedure_date, 32817 AS procedure_type_concept_id
+        FROM visit_occurrence WHERE visit_concept_id = 9201""",
+    "device_exposure": f"""SELECT visit_occurrence_id AS device_exposure_id, person_id,
+        CASE WHEN visit_occurrence_id % 5 = 0 THEN {PUMP_V2} ELSE {STENT} END AS device_concept_id,
+        visit_start_date AS device_exposure_start_date, visit_end_date AS device_exposure_end_date, 32817 AS device_type_concept_id
+        FROM visit_occurrence WHERE visit_concept_id = 9202 AND visit_occurrence_id % 5 IN (0, 1)""",
+}
+EXTRA_VOCABULARY = [
+    """INSERT INTO concept VALUES
+       (4242997, 'Cholecystectomy', 'Procedure', 'SNOMED', 'Procedure', 'S', '38102005', DATE '1970-01-01', DATE '2099-12-31', NULL),
+       (4163971, 'Laparoscopic cholecystectomy', 'Procedure', 'SNOMED', 'Procedure', 'S', '45595009', DATE '1970-01-01', DATE '2099-12-31', NULL),
+       (4337611, 'Single lung transplant', 'Procedure', 'SNOMED', 'Procedure', 'S', '232657004', DATE '1970-01-01', DATE '2099-12-31', NULL),
+       (2000000101, 'Insulin pump (local)', 'Device', 'Local', 'Device', 'S', 'PUMP', DATE '1970-01-01', DATE '2099-12-31', NULL),
+       (2000000102, 'Insulin pump, second model (local)', 'Device', 'Local', 'Device', 'S', 'PUMP-2', DATE '1970-01-01', DATE '2099-12-31', NULL),
+       (2000000201, 'Coronary stent (local)', 'Device', 'Local', 'Device', 'S', 'STENT', DATE '1970-01-01', DATE '2099-12-31', NULL)""",
+    """INSERT INTO concept_ancestor VALUES (4242997, 4242997, 0, 0), (4242997, 4163971, 1, 1), (4163971, 4163971, 0, 0),
+       (4337611, 4337611, 0, 0), (2000000101, 2000000101, 0, 0), (2000000101, 2000000102, 1, 1),
+       (2000000102, 2000000102, 0, 0), (2000000201, 2000000201, 0, 0)""",
+]
+TABLES = list(CDM_TABLES) + [t for t in EXTRA_DDL if t not in CDM_TABLES]
+
+
+def ddl(name: str) -> str:
+    return create_table_sql(name) if name in CDM_TABLES else EXTRA_DDL[name]
+
+
 DEFINITIONS = {
     "incident t2dm": (Cohort.builder("incident t2dm").entry(T2, "condition", prior_days=365).age(40, 80)
                       .require("no prior CVD", at_most(0, CVD, "condition", window=(None, -1)))
@@ -44,6 +86,14 @@ DEFINITIONS = {
                          .exit_at_death().build()),
     "hypertension to obs end": (Cohort.builder("ht").entry(HT, "condition").age(None, 60)
                                 .exit_at_observation_end().build()),
+    "cholecystectomy": (Cohort.builder("cholecystectomy").entry(CHOLECYSTECTOMY, "procedure", occurrence="all", prior_days=30)
+                        .require("a pump, or no stent before", any_of(at_least(1, INSULIN_PUMP, "device", window=(-365, 365)),
+                                                                      at_most(0, NO_STENT, "device", window=(None, 0))))
+                        .require("no T2DM after", at_most(0, T2, "condition", window=(1, None)))
+                        .exit_at_event(INSULIN_PUMP, "device").build()),
+    "t2dm with a procedure": (Cohort.builder("t2dm procedure").entry(T2, "condition")
+                              .require("cholecystectomy within a year", at_least(1, CHOLECYSTECTOMY, "procedure", window=(-365, 365)))
+                              .build()),
 }
 
 
@@ -51,8 +101,14 @@ DEFINITIONS = {
 def source(tmp_path_factory):
     path = tmp_path_factory.mktemp("cdm") / "cdm.duckdb"
     generate_cdm(2_000, seed=21, path=path, progress=False)
+    with duckdb.connect(str(path)) as con:
+        for name, rows in EXTRA_ROWS.items():
+            if name not in con.execute("SELECT table_name FROM duckdb_tables()").fetchnumpy()["table_name"]: con.execute(ddl(name))
+            con.execute(f"INSERT INTO {name} {rows}")
+        for sql in EXTRA_VOCABULARY: con.execute(sql)
     with duckdb.connect(str(path), read_only=True) as con:
-        tables = {t: con.execute(f"select * from {t}").fetch_arrow_table() for t in CDM_TABLES}
+        tables = {t: con.execute(f"select * from {t}").fetch_arrow_table() for t in TABLES}
+    assert all(tables[t].num_rows for t in EXTRA_ROWS)
     return path, tables
 
 
@@ -87,7 +143,7 @@ def load_sqlite(path, tables):
     import datetime as dt, sqlite3
     con = sqlite3.connect(path)
     for name, table in tables.items():
-        con.execute(create_table_sql(name))
+        con.execute(ddl(name))
         rows = [tuple(v.isoformat(sep=" ") if isinstance(v, dt.datetime) else v.isoformat() if isinstance(v, dt.date) else v
                       for v in row.values()) for row in table.to_pylist()]
         con.executemany(f"INSERT INTO {name} VALUES ({', '.join('?' * table.num_columns)})", rows)
