@@ -264,6 +264,8 @@ def _check_paths(source, out, overwrite: bool) -> tuple[Path, Path]:
         raise InputError(f"out {str(out)!r} is inside the source; import-cdm never writes into its source: choose another place")
     if out.exists() and not overwrite:
         raise InputError(f"out {str(out)!r} already exists; choose another name, or pass overwrite=True (--overwrite) to replace it")
+    if Path(f"{out}.wal").exists() and not overwrite:     # DuckDB would replay another database's log onto the new file
+        raise InputError(f"{str(out) + '.wal'!r} exists (the log of an earlier database of that name); remove it, or pass overwrite=True (--overwrite)")
     return source, out
 
 # %% ../nbs/03a_import.ipynb #333c14f8
