@@ -287,7 +287,8 @@ def import_cdm(source, out, *, overwrite: bool = False, version: str | None = No
     con = None
     try:
         con = duckdb.connect(str(tmp))
-        con.execute("SET TimeZone = 'UTC'")           # TIMESTAMPTZ sources become UTC timestamps
+        try: con.execute("SET TimeZone = 'UTC'")      # TIMESTAMPTZ sources become UTC timestamps
+        except duckdb.Error: pass                     # DuckDB without its ICU extension has no time zones to convert
         kind, tables = _sources(source, schema, con, scratch)
         cols = {t.name: _columns(con, t.relation, t.origin) for t in tables}
         cdm = [t for t in tables if t.name in omop_tables()]
@@ -307,7 +308,9 @@ def import_cdm(source, out, *, overwrite: bool = False, version: str | None = No
                 try: con.execute(f"CREATE TABLE {_quote(t.name)} AS SELECT {', '.join(items)} FROM {t.relation}")
                 except duckdb.Error as e:
                     if _BAD_VALUE in str(e):
-                        raise CDMImportError(f"cannot import {t.name} from {t.origin}: {_diagnose(con, t, checks)}. Nothing was "
+                        try: found = _diagnose(con, t, checks)
+                        except duckdb.Error: found = "a value cannot be converted to its official type"
+                        raise CDMImportError(f"cannot import {t.name} from {t.origin}: {found}. Nothing was "
                                              f"written; fix these values in the source (or pass the right version=) and run the import again") from None
                     raise CDMImportError(f"cannot import {t.name} from {t.origin}: {' '.join(str(e).split())}") from None
                 n = con.execute(f"SELECT count(*) FROM {_quote(t.name)}").fetchone()[0]
@@ -321,10 +324,12 @@ def import_cdm(source, out, *, overwrite: bool = False, version: str | None = No
             wal = Path(f"{out}.wal")
             if wal.exists(): wal.unlink()       # the replaced database's log must not be replayed onto the new one
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         if con is not None: con.close()
         for p in (tmp, Path(f"{tmp}.wal")):
             if p.exists(): p.unlink()
+        if isinstance(e, (duckdb.Error, OSError)):     # a full disk, a folder without write permission, ...
+            raise CDMImportError(f"import into {out} failed ({type(e).__name__}: {' '.join(str(e).split())}); nothing was written") from None
         raise
     finally:
         for d in scratch_dir: shutil.rmtree(d, ignore_errors=True)
