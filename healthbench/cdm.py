@@ -1,4 +1,4 @@
-"""Open an OMOP CDM read-only — a DuckDB file, an ibis URL or an ibis backend — check its schema, and fingerprint its data.
+"""Open an OMOP CDM v5.3 or v5.4 read-only — a DuckDB file, an ibis URL or an ibis backend — read its tables with the types healthbench expects, check what healthbench reads, and fingerprint its data.
 
 Docs: https://github.com/healthbench/healthbench/cdm.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://github.com/healthbench/healthbench/cdm.html.md"""
 
 # %% ../nbs/03_cdm.ipynb #58665b11
 from __future__ import annotations
-import os, json, hashlib, functools
+import os, json, hashlib, functools, warnings
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlparse
 
@@ -14,12 +14,13 @@ import ibis
 import pandas as pd
 from ibis.backends import BaseBackend
 
-from .errors import (InputError, CDMConnectionError, CDMNotFoundError, SchemaError,
-                                MissingTableError, MissingColumnError, ColumnTypeError)
-from .schema import CDM_TABLES, CDM_VERSION, OMOP_V54, ddl_kind, accepts
+from .errors import (InputError, CDMError, CDMConnectionError, CDMNotFoundError, SchemaError,
+                                MissingTableError, MissingColumnError, ColumnTypeError, MissingTableWarning)
+from .schema import (CDM_TABLES, OPTIONAL_USES, READS, REQUIRED_TABLES, V53_RENAMES, _check_version,
+                                accepts, ddl_kind, detect_version, omop_tables, table_fields)
 
 # %% auto #0
-__all__ = ['schema_problems', 'validate_schema', 'CDM', 'connect']
+__all__ = ['CDM', 'schema_problems', 'validate_schema', 'connect', 'import_cdm']
 
 # %% ../nbs/03_cdm.ipynb #c8fd8d85
 def _list_tables(backend: BaseBackend, schema: str | None) -> list[str]:
@@ -27,35 +28,43 @@ def _list_tables(backend: BaseBackend, schema: str | None) -> list[str]:
     except Exception as e:
         raise CDMConnectionError(f"could not list tables{f' in schema {schema!r}' if schema else ''}: {e}") from e
 
-def schema_problems(backend: BaseBackend, schema: str | None = None) -> list[tuple[str, str]]:
-    "Each mismatch between `backend` and the OMOP v5.4 schema, as (kind, message)."
-    present = {t.lower(): t for t in _list_tables(backend, schema)}
-    problems = []
-    for name in CDM_TABLES:
-        if name not in present:
-            problems.append(("table", f"missing table: {name}"))
-            continue
-        cols = backend.table(present[name], database=schema).schema()
-        have = {c.lower(): dtype for c, dtype in cols.items()}
-        for col, ddl, _required in OMOP_V54[name]:
-            kind = ddl_kind(ddl)
-            if col not in have: problems.append(("column", f"missing column: {name}.{col} ({kind})"))
-            elif not accepts(kind, have[col]):
-                problems.append(("type", f"wrong type: {name}.{col} is {str(have[col]).lstrip('!')}, expected {kind}"))
-    return problems
+_IBIS_TYPE = {"integer": "int64", "float": "float64", "string": "string", "date": "date", "datetime": "timestamp"}
+_INT64_LIMIT, _EXACT_DOUBLE = 9.223372036854775807e18, 9007199254740992   # 2**63, 2**53
 
-_KIND_ERROR = {"table": MissingTableError, "column": MissingColumnError, "type": ColumnTypeError}
+def _conversion(kind: str, dtype) -> str:
+    """How a column stored as ibis type `dtype` is read as `kind`: 'same' (as it is), 'cast' (every value converts),
+    'whole' (numbers that must be whole), 'parse' (text that must parse) or 'null' (only if every value is null)."""
+    if accepts(kind, dtype): return "same"
+    if kind == "integer" and (dtype.is_floating() or dtype.is_decimal()): return "whole"
+    if dtype.is_string() and kind != "string": return "parse"
+    if kind == "string" and (dtype.is_numeric() or dtype.is_temporal() or dtype.is_boolean()): return "cast"
+    if kind == "datetime" and dtype.is_date(): return "cast"
+    return "null"
 
-def validate_schema(backend: BaseBackend, schema: str | None = None) -> None:
-    "Raise a `SchemaError` naming every table, column or type that does not match OMOP CDM v5.4."
-    problems = schema_problems(backend, schema)
-    if not problems: return
-    kinds = {k for k, _ in problems}
-    cls = _KIND_ERROR[kinds.pop()] if len(kinds) == 1 else SchemaError
-    msgs = [m for _, m in problems]
-    shown = "\n  ".join(msgs[:25]) + (f"\n  … and {len(msgs) - 25} more" if len(msgs) > 25 else "")
-    raise cls(f"the database does not match OMOP CDM v{CDM_VERSION} ({len(msgs)} problem{'s' * (len(msgs) > 1)}):\n  {shown}\n"
-              "Fix the ETL or point connect() at the schema that holds the CDM tables (schema=...).", problems=msgs)
+def _bad(col, how: str, kind: str):
+    "True where a value of `col` cannot be read as `kind` under `how` (see `_conversion`)."
+    if how == "null": return col.notnull()
+    if how == "whole":
+        off = (col % 1 != 0) | (col.abs() >= _INT64_LIMIT)
+        if col.type().is_floating(): off = off | col.isnan() | col.isinf()
+        return col.notnull() & off.fill_null(True)
+    s = col.strip()
+    if kind == "integer":
+        f = s.try_cast("float64")
+        off = s.try_cast("int64").isnull() | f.isnull() | f.isnan() | f.isinf() | (f % 1 != 0)
+    else:
+        off = s.try_cast(_IBIS_TYPE[kind]).isnull()
+    return col.notnull() & (s != "") & off.fill_null(True)
+
+def _read_as(col, how: str, kind: str, dtype):
+    "`col` as `kind`, for a column whose values passed `_bad`."
+    to = _IBIS_TYPE[kind]
+    if how == "null": return ibis.null(to)
+    if how == "parse": return col.strip().nullif("").cast(to)
+    if kind == "string" and dtype.is_floating():
+        whole = (col % 1 == 0) & (col.abs() < _EXACT_DOUBLE)
+        return whole.ifelse(col.cast("int64").cast("string"), col.cast("string"))
+    return col.cast(to)
 
 # %% ../nbs/03_cdm.ipynb #52a69dc4
 _YES = ("true", "1", "yes", "on")
@@ -122,44 +131,84 @@ def _open(target) -> tuple[BaseBackend, str]:
             raise CDMConnectionError(f"could not open {path} as a DuckDB database (read-only): {e}") from e
     raise InputError(f"connect() takes a DuckDB file path, an ibis URL or an ibis backend; got {type(target).__name__}")
 
+# %% ../nbs/03_cdm.ipynb #1098d461
 class CDM:
     "An OMOP CDM opened for reading: its tables as ibis expressions, its version and a data fingerprint."
-    def __init__(self, backend: BaseBackend, schema: str | None = None, description: str = ""):
+    def __init__(self, backend: BaseBackend, schema: str | None = None, description: str = "", version: str | None = None):
         self.backend, self.schema, self.description = backend, schema, description
-        present = {t.lower(): t for t in _list_tables(backend, schema)}
-        self._tables = {}
-        for name in CDM_TABLES:
-            if name not in present: continue
-            t = backend.table(present[name], database=schema)
+        self._names: dict[str, str] = {}
+        for n in _list_tables(backend, schema): self._names.setdefault(n.lower(), n)
+        self._source, self._shown, self._problems, self._fingerprint = {}, {}, {}, None
+        self.casts: list[tuple[str, str, str, str]] = []
+        self.notes: list[str] = []
+        self.renamed: dict[str, dict[str, str]] = {}
+        self._recorded = self._recorded_version()
+        if version is not None: self.version, self.version_reasons = _check_version(version), [f"given: version={version!r}"]
+        else: self.version, self.version_reasons = detect_version({n: self.source_table(n).columns for n in self.tables}, self._recorded)
+
+    def source_table(self, name: str) -> ibis.Table:
+        "Table `name` as stored (column names in lower case), without the reading of `cdm[name]`."
+        if name not in self._source:
+            if name not in self._names: raise InputError(f"{name!r} is not a table here")
+            try: t = self.backend.table(self._names[name], database=self.schema)
+            except Exception as e: raise CDMError(f"could not read table {self._names[name]!r}: {type(e).__name__}: {e}") from e
             if any(c != c.lower() for c in t.columns): t = t.rename(str.lower)
-            self._tables[name] = t
-        self._fingerprint = None
+            self._source[name] = t
+        return self._source[name]
+
+    def _recorded_version(self) -> str | None:
+        if "cdm_source" not in self._names or "cdm_version" not in self.source_table("cdm_source").columns: return None
+        t = self.source_table("cdm_source")
+        try: got = t.filter(t.cdm_version.notnull()).select(v=t.cdm_version.cast("string")).limit(1).to_pyarrow()["v"].to_pylist()
+        except Exception: return None       # an unreadable cdm_source only costs the recorded version
+        return got[0] if got else None
 
     @property
     def tables(self) -> list[str]:
-        "Names of the OMOP tables available."
-        return list(self._tables)
+        "The OMOP tables the database has: healthbench's core tables first, then the others alphabetically."
+        present = [n for n in self._names if n in omop_tables()]
+        return [t for t in CDM_TABLES if t in present] + sorted(t for t in present if t not in CDM_TABLES)
+
+    @property
+    def other_tables(self) -> list[str]:
+        "Tables that are not OMOP tables (reachable as stored with `cdm[name]`)."
+        return sorted(n for n in self._names if n not in omop_tables())
+
+    @property
+    def missing(self) -> dict[str, str]:
+        "Optional tables healthbench uses that this CDM lacks, each with what its absence disables."
+        return {t: uses for t, uses in OPTIONAL_USES.items() if t not in self._names}
 
     def __getitem__(self, name: str) -> ibis.Table:
-        if name not in self._tables:
-            raise InputError(f"{name!r} is not a CDM table here; available: {', '.join(self._tables)}")
-        return self._tables[name]
+        if not isinstance(name, str): raise InputError(f"a CDM table is named by text, e.g. cdm['person']; got {type(name).__name__}")
+        key = name.lower()
+        if key not in self._shown:
+            if key not in self._names:
+                if key in omop_tables():
+                    why = ("a required table" if key in REQUIRED_TABLES else
+                           f"an optional table; without it healthbench cannot provide {OPTIONAL_USES[key]}" if key in OPTIONAL_USES else
+                           "an optional OMOP table")
+                    raise MissingTableError(f"this CDM has no {key} table ({why}); its OMOP tables: {', '.join(self.tables)}",
+                                            problems=[f"missing table: {key}"])
+                raise InputError(f"{name!r} is not a CDM table here; available: {', '.join(self.tables + self.other_tables)}")
+            self._shown[key] = _present(self, key) if key in omop_tables() else self.source_table(key)
+        return self._shown[key]
 
     def __getattr__(self, name: str) -> ibis.Table:
-        if name.startswith("_") or name not in CDM_TABLES: raise AttributeError(name)
+        if name.startswith("_") or (name not in omop_tables() and name not in self.__dict__.get("_names", {})):
+            raise AttributeError(name)
         return self[name]
 
-    def __dir__(self): return [*super().__dir__(), *self._tables]
+    def __dir__(self): return [*super().__dir__(), *self.tables]
 
     @functools.cached_property
     def cdm_version(self) -> str:
-        "The CDM version recorded in `cdm_source` (e.g. '5.4')."
-        v = self["cdm_source"].cdm_version.execute()
-        return str(v.iloc[0]) if len(v) and v.iloc[0] is not None else "unknown"
+        "The CDM version recorded in `cdm_source` as written there (e.g. '5.4', 'v5.3.1'); 'unknown' if none."
+        return "unknown" if self._recorded is None else str(self._recorded)
 
     def counts(self) -> dict[str, int]:
-        "Row count of each table."
-        return {name: int(t.count().execute()) for name, t in self._tables.items()}
+        "Row count of each OMOP table."
+        return {name: int(self.source_table(name).count().execute()) for name in self.tables}
 
     def close(self) -> None:
         "Close the connection."
@@ -168,17 +217,102 @@ class CDM:
     def __exit__(self, *exc): self.close()
 
     def __repr__(self):
-        return f"CDM({self.description}; OMOP v{CDM_VERSION} tables: {len(self._tables)})"
+        gone = f"; missing optional: {', '.join(self.missing)}" if self.missing else ""
+        return f"CDM({self.description}; OMOP CDM v{self.version}, {len(self.tables)} tables{gone})"
 
-def connect(target, *, schema: str | None = None, validate: bool = True) -> CDM:
-    "Open an OMOP CDM read-only from a DuckDB path, an ibis URL or an ibis backend, checking its schema."
+# %% ../nbs/03_cdm.ipynb #93bec4b9
+def _count_bad(t: ibis.Table, checks: dict[str, tuple[str, str]]) -> dict[str, tuple[int | None, str | None]]:
+    "{column: (values that cannot be read, an example)} for `checks` ({column: (how, kind)}), in one query."
+    aggs = {}
+    for i, (c, (how, kind)) in enumerate(checks.items()):
+        bad = _bad(t[c], how, kind)
+        aggs[f"_n{i}"] = bad.ifelse(1, 0).sum()
+        aggs[f"_e{i}"] = bad.ifelse(t[c].cast("string"), ibis.null("string")).min()
+    try: row = t.aggregate(**aggs).to_pyarrow().to_pylist()[0]
+    except Exception as e:       # an engine that cannot run the checks: nothing is cast on trust
+        return {c: (None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") for c in checks}
+    return {c: (int(row[f"_n{i}"] or 0), row[f"_e{i}"]) for i, c in enumerate(checks)}
+
+def _present(cdm: CDM, name: str) -> ibis.Table:
+    "OMOP table `name` of `cdm` as healthbench reads it; records its casts, renames, problems and notes on `cdm`."
+    t = cdm.source_table(name)
+    kinds = {f: ddl_kind(d) for f, d in table_fields(name, cdm.version).items()}
+    stored = t.schema()
+    plan = {c: _conversion(kinds[c], dtype) for c, dtype in stored.items() if c in kinds}
+    plan = {c: how for c, how in plan.items() if how != "same"}
+    checked = _count_bad(t, {c: (how, kinds[c]) for c, how in plan.items() if how != "cast"})
+    renames = {old: new for old, new in (V53_RENAMES.get(name, {}) if cdm.version == "5.3" else {}).items()
+               if old in t.columns and new not in t.columns}
+    problems, exprs = [], []
+    for c in t.columns:
+        e, n_bad = t[c], checked.get(c, (0, None))[0]
+        if c in plan and n_bad == 0:
+            e = _read_as(e, plan[c], kinds[c], stored[c])
+            cdm.casts.append((name, c, str(stored[c]).lstrip("!"), _IBIS_TYPE[kinds[c]]))
+        elif c in plan:
+            example = checked[c][1]
+            why = (f"could not be checked on {cdm.backend.name} ({example})" if n_bad is None else
+                   f"{n_bad:,} value{'s' * (n_bad > 1)} cannot be read as {'a' if kinds[c] != 'integer' else 'an'} {kinds[c]}, e.g. {example!r}")
+            if c in READS.get(name, ()):
+                problems.append(("type", f"wrong type: {name}.{c} is {str(stored[c]).lstrip('!')}, expected {kinds[c]}: {why}"))
+            else: cdm.notes.append(f"{name}.{c} is {str(stored[c]).lstrip('!')}, not {kinds[c]}: {why}; left as it is (healthbench does not read it)")
+        exprs.append(e.name(renames.get(c, c)))
+    problems += [("column", f"missing column: {name}.{c} ({kinds.get(c, '?')})") for c in READS.get(name, ()) if c not in t.columns]
+    cdm._problems[name] = problems
+    if renames: cdm.renamed[name] = renames
+    return t.select(exprs) if any(c in plan and checked.get(c, (0,))[0] == 0 for c in t.columns) or renames else t
+
+# %% ../nbs/03_cdm.ipynb #00342320
+_KIND_ERROR = {"table": MissingTableError, "column": MissingColumnError, "type": ColumnTypeError}
+_ADVICE = {"table": "Point connect() at the schema that holds the CDM tables (schema=...), or add the table.",
+           "column": "Add the column (it is in every OMOP CDM v5.3 and v5.4), or fix the ETL.",
+           "type": "Run `healthbench import-cdm SOURCE --out typed.duckdb` to re-type the data (it names every value it "
+                   "cannot convert), or fix the ETL."}
+
+def _problems(self: CDM) -> list[tuple[str, str]]:
+    "What healthbench cannot read here, as (kind, message): missing required tables, and missing or unreadable columns it reads."
+    out = [("table", f"missing table: {t}") for t in REQUIRED_TABLES if t not in self._names]
+    for t in READS:
+        if t in self._names:
+            self[t]
+            out += self._problems.get(t, [])
+    return out
+
+def _validate(self: CDM) -> None:
+    "Raise a `SchemaError` naming every table, column or value healthbench cannot read, and what to do."
+    problems = self.problems()
+    if not problems: return
+    kinds = sorted({k for k, _ in problems}, key=list(_KIND_ERROR).index)
+    cls = _KIND_ERROR[kinds[0]] if len(kinds) == 1 else SchemaError
+    msgs = [m for _, m in problems]
+    shown = "\n  ".join(msgs[:25]) + (f"\n  … and {len(msgs) - 25} more" if len(msgs) > 25 else "")
+    raise cls(f"healthbench cannot read this OMOP CDM v{self.version} ({len(msgs)} problem{'s' * (len(msgs) > 1)}):\n  {shown}\n"
+              + " ".join(_ADVICE[k] for k in kinds), problems=msgs)
+
+CDM.problems, CDM.validate = _problems, _validate
+
+def schema_problems(backend: BaseBackend, schema: str | None = None) -> list[tuple[str, str]]:
+    "Each thing healthbench cannot read in the CDM of `backend`, as (kind, message)."
+    return CDM(backend, schema).problems()
+
+def validate_schema(backend: BaseBackend, schema: str | None = None) -> None:
+    "Raise a `SchemaError` naming every table, column or value healthbench cannot read in the CDM of `backend`."
+    CDM(backend, schema).validate()
+
+def connect(target, *, schema: str | None = None, validate: bool = True, version: str | None = None) -> CDM:
+    "Open an OMOP CDM v5.3 or v5.4 read-only from a DuckDB path, an ibis URL or an ibis backend, checking what healthbench reads."
     backend, description = _open(target)
-    if validate:
-        try: validate_schema(backend, schema)
-        except Exception:
-            if not isinstance(target, BaseBackend): backend.disconnect()
-            raise
-    return CDM(backend, schema, description)
+    try:
+        cdm = CDM(backend, schema, description, version=version)
+        if validate: cdm.validate()
+    except BaseException:
+        if not isinstance(target, BaseBackend): backend.disconnect()
+        raise
+    core = [t for t in CDM_TABLES if t in cdm.missing]
+    if core:
+        warnings.warn(f"this CDM has no {', '.join(core)} table{'s' * (len(core) > 1)}: "
+                      + "; ".join(f"without {t}, no {cdm.missing[t]}" for t in core), MissingTableWarning, stacklevel=2)
+    return cdm
 
 # %% ../nbs/03_cdm.ipynb #323e32f0
 def _table_hash_duckdb(backend, name: str, schema: str | None) -> str:
@@ -194,12 +328,13 @@ def _table_hash_rows(table: ibis.Table) -> str:
     return format(total, "016x")
 
 def _fingerprint(self: CDM) -> dict:
-    "CDM version, row counts and content hashes of every table, plus one overall hash; computed once."
+    "CDM version, row counts and content hashes of every OMOP table, plus one overall hash; computed once."
     if self._fingerprint is None:
         duck = self.backend.name == "duckdb"
         tables = {}
-        for name, t in self._tables.items():
-            h = _table_hash_duckdb(self.backend, name, self.schema) if duck else _table_hash_rows(t)
+        for name in self.tables:      # as stored: the data, whatever healthbench reads them as
+            t = self.source_table(name)
+            h = _table_hash_duckdb(self.backend, self._names[name], self.schema) if duck else _table_hash_rows(t)
             tables[name] = {"rows": int(t.count().execute()), "hash": h}
         body = {"cdm_version": self.cdm_version, "tables": tables}
         self._fingerprint = {**body, "engine": f"{self.backend.name} {self.backend.version}",
@@ -208,3 +343,9 @@ def _fingerprint(self: CDM) -> dict:
     return self._fingerprint
 
 CDM.fingerprint = _fingerprint
+
+# %% ../nbs/03_cdm.ipynb #74b62462
+def import_cdm(source, out, **options):
+    "Import a folder of CSV or Parquet files, a .zip or a DuckDB file into a typed DuckDB CDM (`healthbench.cdm_import.import_cdm`)."
+    from healthbench.cdm_import import import_cdm as _import_cdm
+    return _import_cdm(source, out, **options)

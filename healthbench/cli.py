@@ -1,4 +1,4 @@
-"""`healthbench synth` and `healthbench demo`: the workbench from a terminal.
+"""`healthbench synth`, `demo`, `import-cdm`, `run`, `templates` and `verify`: the workbench from a terminal.
 
 Docs: https://github.com/healthbench/healthbench/cli.html.md"""
 
@@ -206,6 +206,14 @@ def _run(args) -> int:
     for o in r.outputs.itertuples(): print(f"  {o.status:<7}{o.name}")
     return 0
 
+def _import(args) -> int:
+    from healthbench.cdm_import import import_cdm
+    report = import_cdm(args.source, args.out, overwrite=args.overwrite, version=args.cdm_version, schema=args.schema,
+                        progress=not args.quiet)
+    print(report.summary())
+    print(f"\nNext: open it in Python with  healthbench.cdm.connect({str(args.out)!r})")
+    return 0
+
 def _verify(args) -> int:
     from healthbench.templates import verify
     v = verify(args.run_dir, template=args.template, progress=not args.quiet)
@@ -237,6 +245,16 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.add_argument("--skip-templates", action="store_true", help="only build and summarise the CDM")
     d.set_defaults(func=_demo)
+    i = sub.add_parser("import-cdm", help="write an OMOP CDM from CSV/Parquet files, a .zip or a DuckDB file to a typed DuckDB file",
+                       description="Import every table of an OMOP CDM v5.3 or v5.4 with the official column types of its version. "
+                                   "A value that cannot be converted is an error naming it; the source is only read.")
+    i.add_argument("source", help="a folder of CSV or Parquet files (one per table), a .zip of them, or a DuckDB file")
+    i.add_argument("--out", required=True, help="DuckDB file to write, e.g. cdm.duckdb (must not exist unless --overwrite)")
+    i.add_argument("--overwrite", action="store_true", help="replace --out, once the new database is complete")
+    i.add_argument("--cdm-version", choices=["5.3", "5.4"], help="the CDM version, if not the detected one")
+    i.add_argument("--schema", help="for a DuckDB source: the schema holding the CDM tables (default: the one with person)")
+    i.add_argument("--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=_import)
     t = sub.add_parser("templates", help="list the analysis templates and their parameters")
     t.set_defaults(func=_templates)
     r = sub.add_parser("run", help="run an analysis template into a new run folder")

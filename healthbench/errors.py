@@ -9,9 +9,10 @@ from __future__ import annotations
 
 # %% auto #0
 __all__ = ['HealthbenchError', 'InputError', 'CDMError', 'CDMConnectionError', 'CDMNotFoundError', 'SchemaError',
-           'MissingTableError', 'MissingColumnError', 'ColumnTypeError', 'ConceptError', 'CohortDefinitionError',
-           'UnsupportedAtlasFeature', 'UnknownConceptWarning', 'EmptyConceptSetWarning', 'DisclosureError',
-           'RulesError', 'BundleExistsError', 'TemplateError', 'TemplateRunError', 'Interrupted']
+           'MissingTableError', 'MissingColumnError', 'ColumnTypeError', 'CDMImportError', 'MissingTableWarning',
+           'ConceptError', 'CohortDefinitionError', 'UnsupportedAtlasFeature', 'UnknownConceptWarning',
+           'EmptyConceptSetWarning', 'DisclosureError', 'RulesError', 'BundleExistsError', 'TemplateError',
+           'TemplateRunError', 'Interrupted']
 
 # %% ../nbs/00_errors.ipynb #c9888e7b
 class HealthbenchError(Exception):
@@ -30,19 +31,25 @@ class CDMNotFoundError(CDMConnectionError, FileNotFoundError):
     "The CDM database file does not exist."
 
 class SchemaError(CDMError):
-    "The CDM does not match the OMOP CDM v5.4 schema; `problems` lists each mismatch."
+    "The CDM lacks what healthbench reads, or holds it in a form it cannot read; `problems` lists each mismatch."
     def __init__(self, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.problems = list(problems or [])
 
 class MissingTableError(SchemaError):
-    "A required OMOP table is absent."
+    "A required OMOP table is absent, or an optional one that an analysis needs."
 
 class MissingColumnError(SchemaError):
     "A required OMOP column is absent from a table."
 
 class ColumnTypeError(SchemaError):
     "An OMOP column has a type of the wrong kind (e.g. text where an integer id belongs)."
+
+class CDMImportError(CDMError):
+    "`import_cdm` could not turn a source into a typed CDM (a value that cannot be cast, an unreadable file); nothing was written."
+
+class MissingTableWarning(UserWarning):
+    "The CDM lacks optional OMOP tables; the message says which analyses that disables."
 
 # %% ../nbs/00_errors.ipynb #d736de70
 class ConceptError(HealthbenchError, ValueError):

@@ -1,4 +1,4 @@
-"""The tables and columns healthbench reads, as data: used to create the synthetic database and to validate any CDM.
+"""The OMOP CDM v5.3 and v5.4 tables, columns and types, as data: the official specifications, what healthbench reads, how to tell the versions apart, and the synthetic database's tables.
 
 Docs: https://github.com/healthbench/healthbench/schema.html.md"""
 
@@ -6,11 +6,19 @@ Docs: https://github.com/healthbench/healthbench/schema.html.md"""
 
 # %% ../nbs/01_schema.ipynb #a8b40dcb
 from __future__ import annotations
+import csv, re, types, functools
+from importlib.resources import files
+from pathlib import Path
+from typing import Iterable
+
 import pyarrow as pa
 from .errors import InputError
 
 # %% auto #0
-__all__ = ['CDM_VERSION', 'OMOP_V54', 'CDM_TABLES', 'TYPE_KINDS', 'ddl_kind', 'accepts', 'arrow_schema', 'create_table_sql']
+__all__ = ['CDM_VERSION', 'OMOP_V54', 'CDM_TABLES', 'TYPE_KINDS', 'OMOP_VERSIONS', 'FIELDS_HEADER', 'V53_RENAMES',
+           'REQUIRED_TABLES', 'READS', 'OPTIONAL_USES', 'ddl_kind', 'accepts', 'arrow_schema', 'create_table_sql',
+           'derive_fields', 'write_fields', 'omop_fields', 'table_fields', 'omop_tables', 'official_type',
+           'version_markers', 'detect_version']
 
 # %% ../nbs/01_schema.ipynb #6c64af94
 CDM_VERSION = "5.4"
@@ -133,7 +141,7 @@ def ddl_kind(ddl_type: str) -> str:
     t = ddl_type.lower()
     if t in ("integer", "bigint"): return "integer"
     if t in ("float", "numeric"): return "float"
-    if t == "text" or t.startswith("varchar"): return "string"
+    if t == "text" or t.startswith(("varchar", "string")): return "string"
     if t in ("date", "datetime"): return t
     raise InputError(f"Unknown OMOP DDL type {ddl_type!r}; expected one of integer, bigint, float, numeric, varchar(N), text, date, datetime")
 
@@ -167,3 +175,178 @@ def create_table_sql(table: str) -> str:
     "DuckDB `CREATE TABLE` statement for an OMOP v5.4 table."
     cols = ",\n  ".join(f"{c} {_DUCKDB.get(t, 'VARCHAR')}{' NOT NULL' if req else ''}" for c, t, req in _columns(table))
     return f"CREATE TABLE {table} (\n  {cols}\n)"
+
+# %% ../nbs/01_schema.ipynb #109f69c0
+OMOP_VERSIONS = ("5.3", "5.4")
+
+def _datatype(raw: str) -> str:
+    "DQD's `cdmDatatype` in lower case; its one `string(50)` read as `varchar(50)`."
+    t = raw.strip().lower()
+    return "varchar" + t[len("string"):] if t.startswith("string") else t
+
+# what CDM v5.3 has beyond DQD 2.8.4's v5.3 field file (see the prose above)
+_V53_FROM_V54 = ("cdm_source", "metadata", "concept", "vocabulary", "domain", "concept_class", "concept_relationship",
+                 "relationship", "concept_synonym", "concept_ancestor", "source_to_concept_map", "drug_strength",
+                 "cohort", "cohort_definition")
+_V54_ADDITIONS = {("cdm_source", "cdm_version_concept_id"), ("metadata", "metadata_id"), ("metadata", "value_as_number")}
+_V53_DDL = {
+    "attribute_definition": [("attribute_definition_id", "integer", True), ("attribute_name", "varchar(255)", True),
+                             ("attribute_description", "varchar(max)", False), ("attribute_type_concept_id", "integer", True),
+                             ("attribute_syntax", "varchar(max)", False)],
+    "cohort_attribute": [("cohort_definition_id", "integer", True), ("subject_id", "integer", True),
+                         ("cohort_start_date", "date", True), ("cohort_end_date", "date", True),
+                         ("attribute_definition_id", "integer", True), ("value_as_number", "float", False),
+                         ("value_as_concept_id", "integer", False)],
+}
+
+def derive_fields(dqd_folder) -> dict[str, list[tuple[str, str, str, bool, str]]]:
+    """Per CDM version, (table, field, datatype, required, origin) rows from OHDSI DataQualityDashboard's
+    `OMOP_CDMv5.3_Field_Level.csv` and `OMOP_CDMv5.4_Field_Level.csv` in `dqd_folder`, in their order."""
+    def read(v):
+        with open(Path(dqd_folder) / f"OMOP_CDMv{v}_Field_Level.csv", newline="", encoding="utf-8-sig") as f:
+            return [(r["cdmTableName"].strip().lower(), r["cdmFieldName"].strip().lower(), _datatype(r["cdmDatatype"]),
+                     r["isRequired"].strip().lower() == "yes", f"DQD 2.8.4 v{v}") for r in csv.DictReader(f)]
+    v53, v54 = read("5.3"), read("5.4")
+    have = {t for t, *_ in v53}
+    v53 += [(t, f, d, r, "DQD 2.8.4 v5.4 (same in v5.3)") for t, f, d, r, _ in v54
+            if t in _V53_FROM_V54 and t not in have and (t, f) not in _V54_ADDITIONS]
+    v53 += [(t, f, d, r, "CDM v5.3 DDL") for t, cols in _V53_DDL.items() for f, d, r in cols]
+    return {"5.3": v53, "5.4": v54}
+
+FIELDS_HEADER = ("table", "field", "datatype", "required", "origin")
+
+def write_fields(rows, path) -> None:
+    "Write `derive_fields` rows for one version as the package's compact CSV."
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(FIELDS_HEADER)
+        w.writerows((t, fl, d, "yes" if r else "no", o) for t, fl, d, r, o in rows)
+
+# %% ../nbs/01_schema.ipynb #4006b263
+def _check_version(version) -> str:
+    v = str(version).strip().lower().removeprefix("v")
+    if v not in OMOP_VERSIONS: raise InputError(f"OMOP CDM version must be one of {', '.join(OMOP_VERSIONS)}; got {version!r}")
+    return v
+
+def omop_fields(version: str) -> types.MappingProxyType:
+    "The official tables of OMOP CDM `version` ('5.3' or '5.4'): table -> ((field, datatype, required), ...)."
+    return _read_fields(_check_version(version))
+
+@functools.cache
+def _read_fields(v: str) -> types.MappingProxyType:
+    out: dict[str, list] = {}
+    with (files("healthbench") / "omop" / f"fields_v{v}.csv").open(newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f): out.setdefault(r["table"], []).append((r["field"], r["datatype"], r["required"] == "yes"))
+    return types.MappingProxyType({t: tuple(cols) for t, cols in out.items()})
+
+def table_fields(table: str, version: str) -> dict[str, str]:
+    "{field: datatype} of an OMOP table in `version`, or in the other version if only that one has it; {} if neither."
+    v = _check_version(version)
+    for w in (v, *[o for o in OMOP_VERSIONS if o != v]):
+        if table in omop_fields(w): return {f: d for f, d, _ in omop_fields(w)[table]}
+    return {}
+
+@functools.cache
+def omop_tables() -> frozenset[str]:
+    "Every table of OMOP CDM v5.3 or v5.4."
+    return frozenset(omop_fields("5.3")) | frozenset(omop_fields("5.4"))
+
+_OFFICIAL = {"integer": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "date": "DATE", "datetime": "TIMESTAMP"}
+
+def official_type(datatype: str) -> str:
+    "The DuckDB type `import_cdm` writes for an OMOP datatype: BIGINT, DOUBLE, VARCHAR, DATE or TIMESTAMP."
+    return _OFFICIAL[ddl_kind(datatype)]
+
+# %% ../nbs/01_schema.ipynb #8e9367f8
+V53_RENAMES: dict[str, dict[str, str]] = {
+    "visit_occurrence": {"admitting_source_concept_id": "admitted_from_concept_id", "admitting_source_value": "admitted_from_source_value",
+                         "discharge_to_concept_id": "discharged_to_concept_id", "discharge_to_source_value": "discharged_to_source_value"},
+    "visit_detail": {"admitting_source_concept_id": "admitted_from_concept_id", "admitting_source_value": "admitted_from_source_value",
+                     "discharge_to_concept_id": "discharged_to_concept_id", "discharge_to_source_value": "discharged_to_source_value",
+                     "visit_detail_parent_id": "parent_visit_detail_id"},
+}
+
+# %% ../nbs/01_schema.ipynb #a0075c23
+@functools.cache
+def version_markers() -> dict[str, tuple[tuple[str, str | None], ...]]:
+    "Per version, what only it has: (table, None) for its own tables, (table, column) for its own columns of shared tables."
+    a, b = omop_fields("5.3"), omop_fields("5.4")
+    def only(x, y):
+        out = [(t, None) for t in x if t not in y]
+        return tuple(out + [(t, f) for t in x if t in y for f, _, _ in x[t] if f not in {g for g, _, _ in y[t]}])
+    return {"5.3": only(a, b), "5.4": only(b, a)}
+
+def _recorded(text) -> str | None:
+    "'5.3' or '5.4' from a `cdm_version` text such as 'v5.3.1' or 'CDM v5.4.0'; None if it names neither."
+    m = re.search(r"(\d+)\.(\d+)", str(text or ""))
+    return f"{m[1]}.{m[2]}" if m and f"{m[1]}.{m[2]}" in OMOP_VERSIONS else None
+
+def _telling(marker) -> int:
+    "The renamed visit columns and cdm_source's first: the best-known differences."
+    t, c = marker
+    renamed = V53_RENAMES.get(t, {})
+    return 0 if c in renamed or c in renamed.values() else 1 if t == "cdm_source" else 2
+
+def _names(found: list[tuple[str, str | None]], limit: int = 4) -> str:
+    shown = [t if c is None else f"{t}.{c}" for t, c in found[:limit]]
+    return ", ".join(shown) + (f" and {len(found) - limit} more" if len(found) > limit else "")
+
+def detect_version(columns: dict[str, Iterable[str]], recorded: str | None = None) -> tuple[str, list[str]]:
+    """The OMOP CDM version, '5.3' or '5.4', of a database whose tables have `columns` ({table: column names}, any case),
+    and the reasons in words; `recorded` is `cdm_source.cdm_version`, if any."""
+    cols = {str(t).lower(): {str(c).lower() for c in cs} for t, cs in columns.items()}
+    found = {v: sorted([(t, c) for t, c in m if t in cols and (c is None or c in cols[t])], key=_telling) for v, m in version_markers().items()}
+    said, reasons = _recorded(recorded), []
+    if recorded is not None:
+        reasons.append(f"cdm_source.cdm_version is {str(recorded)!r}" + ("" if said else ", which names neither v5.3 nor v5.4"))
+    for v in OMOP_VERSIONS:
+        if found[v]: reasons.append(f"v{v} columns or tables present: {_names(found[v])}")
+    by_columns = [v for v in OMOP_VERSIONS if found[v]]
+    if len(by_columns) == 1:
+        version = by_columns[0]
+        other = next(v for v in OMOP_VERSIONS if v != version)
+        reasons.append(f"none of v{other}'s (e.g. {_names(sorted(version_markers()[other], key=_telling), 2)})")
+        if said and said != version: reasons.append(f"going by the columns, not by cdm_source (which says v{said})")
+    elif said:
+        version = said
+        if by_columns: reasons.append(f"columns of both versions: going by cdm_source")
+    elif by_columns:
+        version = max(OMOP_VERSIONS, key=lambda v: (len(found[v]), v))
+        reasons.append(f"columns of both versions and no version in cdm_source: going by the most ({version})")
+    else:
+        version = "5.4"
+        reasons.append("no version in cdm_source and no column only one version has: assuming v5.4")
+    return version, reasons
+
+# %% ../nbs/01_schema.ipynb #ae5f549d
+REQUIRED_TABLES = ("person", "observation_period", "concept")
+
+READS: dict[str, tuple[str, ...]] = {
+    "person": ("person_id", "gender_concept_id", "year_of_birth", "race_source_value"),
+    "observation_period": ("person_id", "observation_period_start_date", "observation_period_end_date"),
+    "visit_occurrence": ("person_id", "visit_concept_id", "visit_start_date"),
+    "condition_occurrence": ("person_id", "condition_concept_id", "condition_start_date"),
+    "drug_exposure": ("person_id", "drug_concept_id", "drug_exposure_start_date"),
+    "procedure_occurrence": ("person_id", "procedure_concept_id", "procedure_date"),
+    "device_exposure": ("person_id", "device_concept_id", "device_exposure_start_date"),
+    "measurement": ("person_id", "measurement_concept_id", "measurement_date", "value_as_number"),
+    "observation": ("person_id", "observation_concept_id", "observation_source_concept_id", "observation_date", "value_as_number"),
+    "death": ("person_id", "death_date"),
+    "concept": ("concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id", "standard_concept", "concept_code"),
+    "concept_ancestor": ("ancestor_concept_id", "descendant_concept_id"),
+    "concept_relationship": ("concept_id_1", "concept_id_2", "relationship_id"),
+}
+
+OPTIONAL_USES: dict[str, str] = {
+    "visit_occurrence": "visit criteria and visit-count covariates",
+    "condition_occurrence": "condition criteria, covariates and outcomes",
+    "drug_exposure": "drug criteria and covariates",
+    "measurement": "measurement criteria and latest-value covariates (e.g. blood pressure, BMI)",
+    "observation": "observation criteria, smoking status and the IMD quintile",
+    "death": "exit at death and censoring at death",
+    "concept_ancestor": "descendants of concept sets",
+    "cdm_source": "the CDM version the ETL recorded (the version is then told from the columns)",
+    "procedure_occurrence": "procedure criteria",
+    "device_exposure": "device criteria",
+    "concept_relationship": "code lists mapped to standard concepts ('Maps to')",
+}
