@@ -461,6 +461,12 @@ def _cohort_outcome(text: str, time_at_risk) -> Outcome:
     if cohort.entry.value is not None:
         raise InputError(f"outcome: cohort {cohort.name!r} enters on a value range; an outcome is an event of a concept set, "
                          "without value ranges")
+    ignored = ([f"its {len(cohort.inclusion_rules)} inclusion rule(s)"] if cohort.inclusion_rules else []) + \
+              (["its demographic criteria"] if any(v is not None for v in vars(cohort.demographics).values()) else [])
+    if ignored:
+        warnings.warn(f"outcome from cohort {cohort.name!r}: the first of its entry events ({cohort.entry.domain}, concept set "
+                      f"{cohort.entry.concept_set!r}) in the time at risk is the outcome; {' and '.join(ignored)} do not apply",
+                      UserWarning, stacklevel=3)
     cs = cohort.concept_set(cohort.entry.concept_set)
     cs = ConceptSet(cohort.name, include=cs.include, codes=cs.codes, descendants=cs.descendants, exclude=cs.exclude,
                     on_unknown=cs.on_unknown)
