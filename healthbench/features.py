@@ -373,8 +373,10 @@ def data_driven_covariates(cdm, result: CohortResult, *, domains=DATA_DRIVEN_DOM
         per = j.select("person_id", "concept_id").distinct().group_by("concept_id").aggregate(persons=ibis._.count())
         per = per.filter((per.persons >= floor) & (per.persons <= n - floor))
         per = per.order_by([ibis.desc("persons"), "concept_id"]).limit(top_k)
-        c = cdm.concept.select(_cid=cdm.concept.concept_id.cast("int64"), concept_name=cdm.concept.concept_name)
-        top = per.left_join(c, per.concept_id == c._cid).select("concept_id", "concept_name", "persons")
+        if "concept" in cdm.tables:    # names only; a CDM without a concept table gets ids
+            c = cdm.concept.select(_cid=cdm.concept.concept_id.cast("int64"), concept_name=cdm.concept.concept_name)
+            top = per.left_join(c, per.concept_id == c._cid).select("concept_id", "concept_name", "persons")
+        else: top = per.mutate(concept_name=ibis.null("string")).select("concept_id", "concept_name", "persons")
         top = top.to_pandas().sort_values(["persons", "concept_id"], ascending=[False, True], kind="stable")
         if top.empty: notes.append(f"{domain}: no concept is recorded in the window for at least {floor} and at most {n - floor} "
                                    f"of the cohort's {n} persons"); continue
