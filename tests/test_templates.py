@@ -157,6 +157,13 @@ def test_failing_cell_is_reported(tmp_path):
     assert p.returncode != 0 and "has no records after its criteria" in p.stderr
 
 
+def test_survival_by_a_group_whose_levels_are_not_names(tmp_path):
+    "Age bands ('<50', '70+') and ONS ethnic groups (commas, spaces) become valid output names; the run used to fail."
+    r = run("survival", {"group": "age_band", "persons": 1500}, tmp_path / "s", progress=False)
+    assert r.status == "succeeded"
+    assert {"at_risk_age_band_under50", "at_risk_age_band_70plus", "km_age_band"} <= set(r.outputs.name)
+
+
 def test_report_is_assembled_from_released_outputs_only(tmp_path):
     "The report run makes the other runs, then reads only their release bundles; its numbers are theirs."
     import re
