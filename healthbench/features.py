@@ -6,21 +6,32 @@ Docs: https://github.com/healthbench/healthbench/features.html.md"""
 
 # %% ../nbs/06_features.ipynb #ded7b7ec
 from __future__ import annotations
+import json, math, re, unicodedata, warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ibis
 import pandas as pd
 
-from .errors import InputError
-from .concepts import ConceptSet, concept_set, resolve, resolve_many
-from .cohort import CohortResult, DOMAINS, _events, _days, _temp_tables
+from .errors import InputError, ConceptError
+from .concepts import ConceptSet, concept_set, resolve, resolve_many, from_codelist
+from .cohort import CohortResult, DOMAINS, _days, _isin, _temp_tables
 from . import vocabulary as V
 
 # %% auto #0
-__all__ = ['Covariate', 'age', 'sex', 'ethnicity', 'imd_quintile', 'prior_observation', 'presence', 'count', 'latest_value',
-           'latest_concept', 'visits', 'Outcome', 'default_covariates', 'extract']
+__all__ = ['EVENT_TABLES', 'RESERVED', 'DATA_DRIVEN_DOMAINS', 'CATEGORICAL_KINDS', 'ITEM_KINDS', 'Covariate', 'age', 'sex',
+           'ethnicity', 'imd_quintile', 'prior_observation', 'presence', 'indicator', 'count', 'latest_value',
+           'latest_concept', 'visits', 'Outcome', 'default_covariates', 'extract', 'CovariateSet',
+           'demographic_covariates', 'indicator_name', 'data_driven_covariates', 'covariates_from_json',
+           'parse_outcome']
 
 # %% ../nbs/06_features.ipynb #fda27f5e
+EVENT_TABLES: dict[str, tuple[str, str, str]] = {   # domain -> (table, concept column, date column)
+    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date"),
+    "device": ("device_exposure", "device_concept_id", "device_exposure_start_date"),
+    **{d: spec[:3] for d, spec in DOMAINS.items()},     # the cohort engine's domains
+}
+
 @dataclass
 class Covariate:
     "One column of the analysis dataset; build with `age()`, `presence(...)`, `latest_value(...)`, …"
@@ -31,14 +42,18 @@ class Covariate:
     window: tuple = (None, None)
     labels: dict = field(default_factory=dict)
     visit_concepts: tuple = ()
+    concept_ids: tuple = ()     # exact concept ids, used as they are (not resolved through the vocabulary)
 
     def __post_init__(self):
-        if not self.name.isidentifier(): raise InputError(f"covariate name must be a plain identifier; got {self.name!r}")
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise InputError(f"covariate name must be a plain identifier; got {self.name!r}")
+        self.window = tuple(self.window)
         s, e = self.window
         if s is not None and e is not None and s > e:
             raise InputError(f"covariate {self.name!r}: window start ({s}) is after its end ({e})")
-        if self.domain is not None and self.domain not in DOMAINS:
-            raise InputError(f"covariate {self.name!r}: unknown domain {self.domain!r}; use one of {list(DOMAINS)}")
+        if self.domain is not None and self.domain not in EVENT_TABLES:
+            raise InputError(f"covariate {self.name!r}: unknown domain {self.domain!r}; use one of {list(EVENT_TABLES)}")
+        self.concept_ids = tuple(int(i) for i in self.concept_ids)
 
 def age() -> Covariate: return Covariate("age", "age")
 def sex() -> Covariate: return Covariate("sex", "sex")
@@ -49,6 +64,10 @@ def prior_observation() -> Covariate: return Covariate("prior_observation_days",
 def presence(name: str, cs: ConceptSet, domain: str, window=(None, -1)) -> Covariate:
     "1 if any event of `cs` falls in `window` (days from index, inclusive), else 0."
     return Covariate(name, "presence", cs, domain, window)
+
+def indicator(name: str, concept_id: int, domain: str, window=(-365, 0)) -> Covariate:
+    "1 if an event of exactly `concept_id` (no descendants, not looked up in the vocabulary) falls in `window`, else 0."
+    return Covariate(name, "presence", None, domain, window, concept_ids=(concept_id,))
 
 def count(name: str, cs: ConceptSet, domain: str, window=(-365, -1)) -> Covariate:
     "Number of events of `cs` in `window`."
@@ -78,7 +97,14 @@ class Outcome:
         s, e = self.time_at_risk
         if s is None or e is None or s > e or s < 0:
             raise InputError(f"time_at_risk must be (start, end) days with 0 <= start <= end; got {self.time_at_risk}")
-        if self.domain not in DOMAINS: raise InputError(f"unknown outcome domain {self.domain!r}; use one of {list(DOMAINS)}")
+        if self.domain not in EVENT_TABLES: raise InputError(f"unknown outcome domain {self.domain!r}; use one of {list(EVENT_TABLES)}")
+
+    @property
+    def name(self) -> str: return self.concept_set.name
+
+    def to_dict(self) -> dict:
+        "Plain data, for a run's provenance."
+        return {"name": self.name, "domain": self.domain, "time_at_risk": list(self.time_at_risk), "concept_set": self.concept_set.to_dict()}
 
 # %% ../nbs/06_features.ipynb #63beabba
 def default_covariates() -> list[Covariate]:
@@ -117,6 +143,22 @@ def _in_window(j, date_col, window):
 def _keyed(t: ibis.Table, i: int) -> ibis.Table:
     return t.rename(**{f"_p{i}": "person_id", f"_d{i}": "index_date"})
 
+def _domain_table(cdm, domain: str) -> ibis.Table:
+    "The events table of `domain`, or an `InputError` saying that this CDM does not have it."
+    table = EVENT_TABLES[domain][0]
+    if table not in cdm.tables:
+        raise InputError(f"this CDM has no {table} table, so it has no {domain} events; available tables: {', '.join(cdm.tables)}")
+    return cdm[table]
+
+def _domain_events(cdm, domain: str, ids: list[int] | None, concept: bool = False) -> ibis.Table:
+    "(person_id, event_date[, concept_id]) of the events of `domain` whose concept is one of `ids` (all events if None)."
+    _, ccol, dcol = EVENT_TABLES[domain]
+    t = _domain_table(cdm, domain)
+    if ids is not None: t = t.filter(_isin(t[ccol], list(ids), cdm.backend.name))
+    cols = dict(person_id=t.person_id, event_date=t[dcol].cast("date"))
+    if concept: cols["concept_id"] = t[ccol].cast("int64")
+    return t.select(**cols)
+
 def _aggregate(cdm, keys: ibis.Table, c: Covariate, ids: dict) -> ibis.Table:
     "Per (person_id, index_date): the covariate's value, in a column named after it."
     if c.kind == "visits":
@@ -131,7 +173,7 @@ def _aggregate(cdm, keys: ibis.Table, c: Covariate, ids: dict) -> ibis.Table:
         ev = t.select(person_id=t.person_id, event_date=t[dcol].cast("date"),
                       value=t[vcol] if c.kind == "latest_value" else t[ccol])
     else:
-        ev = _events(cdm, c.domain, ids[c.name], None)
+        ev = _domain_events(cdm, c.domain, ids[c.name])
     j = keys.join(ev, keys.person_id == ev.person_id)
     j = j.filter(_in_window(j, "event_date", c.window))
     g = ["person_id", "index_date"]
@@ -142,18 +184,16 @@ def _aggregate(cdm, keys: ibis.Table, c: Covariate, ids: dict) -> ibis.Table:
     if c.kind == "latest_value": return j.group_by(g).aggregate(**{c.name: j.value.mean()})
     return j.group_by(g).aggregate(**{c.name: j.value.min()})
 
-def extract(cdm, result: CohortResult, covariates: list[Covariate] | None = None, outcome: Outcome | None = None) -> pd.DataFrame:
-    "The analysis dataset: one row per cohort record with its covariates (and outcome), computed in the database."
-    if not isinstance(result, CohortResult): raise InputError(f"extract() needs the result of cohort.generate(); got {type(result).__name__}")
-    covariates = default_covariates() if covariates is None else list(covariates)
-    names = [c.name for c in covariates]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup: raise InputError(f"covariate names must be unique; repeated: {dup}")
-    reserved = {"person_id", "cohort_start_date", "cohort_end_date", "outcome", "time", "complete_followup"}
-    if reserved & set(names): raise InputError(f"covariate names {sorted(reserved & set(names))} are reserved")
-    with_sets = [c for c in covariates if c.concept_set is not None]
-    ids = dict(zip([c.name for c in with_sets], resolve_many(cdm, [c.concept_set for c in with_sets])))
+def _indicators(cdm, keys: ibis.Table, batch: list[Covariate]) -> ibis.Table:
+    "Per (person_id, index_date): one 0/1 column per exact-concept indicator of `batch` (one domain, one window), in one pass."
+    ev = _domain_events(cdm, batch[0].domain, sorted({i for c in batch for i in c.concept_ids}), concept=True)
+    j = keys.join(ev, keys.person_id == ev.person_id)
+    j = j.filter(_in_window(j, "event_date", batch[0].window))
+    return j.group_by(["person_id", "index_date"]).aggregate(
+        **{c.name: ibis.ifelse(j.concept_id.isin(list(c.concept_ids)), 1, 0).max() for c in batch})
 
+def _cohort_keys(cdm, result: CohortResult) -> ibis.Table:
+    "The cohort's records (person_id, index_date, cohort_end_date, op_start, op_end) in their observation period, stored once."
     cohort = result.table
     op = cdm.observation_period
     op = op.select(_op=op.person_id, op_start=op.observation_period_start_date.cast("date"),
@@ -161,11 +201,30 @@ def extract(cdm, result: CohortResult, covariates: list[Covariate] | None = None
     keys = cohort.join(op, [cohort.person_id == op._op, op.op_start <= cohort.cohort_start_date, cohort.cohort_start_date <= op.op_end])
     keys = keys.select(person_id=keys.person_id, index_date=keys.cohort_start_date, cohort_end_date=keys.cohort_end_date,
                        op_start=keys.op_start, op_end=keys.op_end).distinct()
-    keys = _temp_tables(cdm.backend)(keys)   # the cohort's records, computed once for all covariates
+    return _temp_tables(cdm.backend)(keys)   # the cohort's records, computed once for all covariates
+
+RESERVED = ("person_id", "cohort_start_date", "cohort_end_date", "outcome", "time", "complete_followup")
+
+def extract(cdm, result: CohortResult, covariates: list[Covariate] | None = None, outcome: Outcome | None = None) -> pd.DataFrame:
+    "The analysis dataset: one row per cohort record with its covariates (and outcome), computed in the database."
+    if not isinstance(result, CohortResult): raise InputError(f"extract() needs the result of cohort.generate(); got {type(result).__name__}")
+    covariates = default_covariates() if covariates is None else list(covariates)
+    names = [c.name for c in covariates]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup: raise InputError(f"covariate names must be unique; repeated: {dup}")
+    if set(RESERVED) & set(names): raise InputError(f"covariate names {sorted(set(RESERVED) & set(names))} are reserved")
+    with_sets = [c for c in covariates if c.concept_set is not None]
+    ids = dict(zip([c.name for c in with_sets], resolve_many(cdm, [c.concept_set for c in with_sets])))
+    batches = {}     # exact-concept indicators, one query per (domain, window)
+    for c in covariates:
+        if c.kind == "presence" and c.concept_set is None and c.concept_ids: batches.setdefault((c.domain, c.window), []).append(c)
+
+    keys = _cohort_keys(cdm, result)
     person = cdm.person.select(_pp="person_id", year_of_birth="year_of_birth", gender_concept_id="gender_concept_id",
                                race_source_value="race_source_value")
     f = keys.left_join(person, keys.person_id == person._pp)
     cols = [keys.person_id, keys.index_date.name("cohort_start_date"), keys.cohort_end_date]
+    joined = {}
     for i, c in enumerate(covariates):
         if c.kind == "age": cols.append((keys.index_date.year() - person.year_of_birth).name(c.name))
         elif c.kind == "sex":
@@ -182,6 +241,13 @@ def extract(cdm, result: CohortResult, covariates: list[Covariate] | None = None
             agg = _keyed(j.group_by(["person_id", "index_date"]).aggregate(**{c.name: j.value.min()}), i)
             f = f.left_join(agg, [keys.person_id == agg[f"_p{i}"], keys.index_date == agg[f"_d{i}"]])
             cols.append(agg[c.name])
+        elif (c.domain, c.window) in batches and c in batches[(c.domain, c.window)]:
+            key = (c.domain, c.window)
+            if key not in joined:
+                agg = _keyed(_indicators(cdm, keys, batches[key]), i)
+                f = f.left_join(agg, [keys.person_id == agg[f"_p{i}"], keys.index_date == agg[f"_d{i}"]])
+                joined[key] = agg
+            cols.append(joined[key][c.name].fill_null(0).name(c.name))
         else:
             agg = _keyed(_aggregate(cdm, keys, c, ids), i)
             f = f.left_join(agg, [keys.person_id == agg[f"_p{i}"], keys.index_date == agg[f"_d{i}"]])
@@ -192,7 +258,7 @@ def extract(cdm, result: CohortResult, covariates: list[Covariate] | None = None
             cols.append(val.name(c.name))
     if outcome is not None:
         out_ids = resolve(cdm, outcome.concept_set)
-        ev = _events(cdm, outcome.domain, out_ids, None)
+        ev = _domain_events(cdm, outcome.domain, out_ids)
         s, e = outcome.time_at_risk
         j = keys.join(ev, keys.person_id == ev.person_id)
         j = j.filter(_in_window(j, "event_date", (s, e)))
@@ -213,3 +279,224 @@ def extract(cdm, result: CohortResult, covariates: list[Covariate] | None = None
     df = f.select(*cols).order_by(["person_id", "cohort_start_date"]).to_pandas()
     for col in ("cohort_start_date", "cohort_end_date"): df[col] = pd.to_datetime(df[col])
     return df
+
+# %% ../nbs/06_features.ipynb #382936bf
+DATA_DRIVEN_DOMAINS = ("condition", "drug", "procedure", "measurement")
+CATEGORICAL_KINDS = ("sex", "ethnicity", "latest_concept")     # the other kinds are numbers (0/1, counts, values)
+
+@dataclass
+class CovariateSet:
+    "Covariates with their origin: the concepts behind data-driven indicators, and notes on what could not be built and why."
+    covariates: list[Covariate]
+    source: str = "given"
+    concepts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["name", "domain", "concept_id", "concept_name", "persons"]))
+    notes: list[str] = field(default_factory=list)
+
+    def __iter__(self): return iter(self.covariates)
+    def __len__(self): return len(self.covariates)
+    def __repr__(self): return f"CovariateSet({self.source}: {len(self)} covariates{'; ' + '; '.join(self.notes) if self.notes else ''})"
+
+    @property
+    def names(self) -> list[str]: return [c.name for c in self.covariates]
+    @property
+    def categorical(self) -> list[str]: return [c.name for c in self.covariates if c.kind in CATEGORICAL_KINDS]
+    @property
+    def numeric(self) -> list[str]: return [c.name for c in self.covariates if c.kind not in CATEGORICAL_KINDS]
+
+def _cohort_persons(cdm, keys: ibis.Table, t: ibis.Table) -> ibis.Table:
+    return t.filter(t.person_id.isin(keys.person_id))
+
+def demographic_covariates(cdm, result: CohortResult, keys: ibis.Table | None = None) -> CovariateSet:
+    """Age, sex and days of prior observation; ethnicity and IMD quintile only where this CDM records them (as healthbench
+    stores them: `person.race_source_value`, and `observation` rows of concept 35812882) for someone in the cohort."""
+    keys = _cohort_keys(cdm, result) if keys is None else keys
+    covs, notes = [age(), sex()], []
+    p = _cohort_persons(cdm, keys, cdm.person)
+    if int(p.filter(p.race_source_value.notnull() & (p.race_source_value.strip() != "")).count().execute()):
+        covs.append(ethnicity())
+    else: notes.append("ethnicity: no person of the cohort has a person.race_source_value")
+    has_imd = False
+    if "observation" in cdm.tables:
+        o = _cohort_persons(cdm, keys, cdm.observation)
+        o = o.filter(((o.observation_concept_id == V.IMD_CONCEPT) | (o.observation_source_concept_id == V.IMD_CONCEPT))
+                     & o.value_as_number.notnull())
+        has_imd = bool(int(o.count().execute()))
+    if has_imd: covs.append(imd_quintile())
+    else: notes.append(f"imd_quintile: no IMD record (observation concept {V.IMD_CONCEPT}) for anyone in the cohort")
+    covs.append(prior_observation())
+    return CovariateSet(covs, "demographics", notes=notes)
+
+def _slug(text, width: int = 40) -> str:
+    "`text` as a short lower-case identifier part: ASCII letters and digits joined by single underscores."
+    if not isinstance(text, str): return ""
+    s = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return re.sub(r"[^0-9a-z]+", "_", s).strip("_")[:width].rstrip("_")
+
+def indicator_name(domain: str, concept_id: int, concept_name: str | None = None) -> str:
+    "A data-driven indicator's column: domain, the concept's name when the vocabulary has it, and always its id."
+    slug = _slug(concept_name)
+    return f"{domain}_{slug}_{int(concept_id)}" if slug else f"{domain}_{int(concept_id)}"
+
+def _check_window(window, what: str) -> tuple:
+    if not isinstance(window, (tuple, list)) or len(window) != 2 or any(
+            w is not None and (isinstance(w, bool) or not isinstance(w, int)) for w in window):
+        raise InputError(f"{what} must be (start, end) whole days relative to index, None for unbounded; got {window!r}")
+    if None not in window and window[0] > window[1]: raise InputError(f"{what}: start ({window[0]}) is after end ({window[1]})")
+    return tuple(window)
+
+def data_driven_covariates(cdm, result: CohortResult, *, domains=DATA_DRIVEN_DOMAINS, window=(-365, 0), top_k: int = 10,
+                           min_fraction: float = 0.01, min_persons: int = 10) -> CovariateSet:
+    """Demographics, plus a 0/1 indicator for each of the `top_k` concepts per domain that most persons of the cohort have
+    in `window` (days from index), among those that at least `min_persons` and `min_fraction` of its persons have — and
+    at least as many do not. Works on any vocabulary: concepts are counted as recorded, not looked up."""
+    bad = [d for d in domains if d not in EVENT_TABLES]
+    if bad: raise InputError(f"unknown domain(s) {bad}; use some of {list(EVENT_TABLES)}")
+    window = _check_window(window, "window")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1: raise InputError(f"top_k must be a whole number >= 1; got {top_k!r}")
+    if isinstance(min_persons, bool) or not isinstance(min_persons, int) or min_persons < 1:
+        raise InputError(f"min_persons must be a whole number >= 1; got {min_persons!r}")
+    if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float)) or not 0 <= min_fraction < 0.5:
+        raise InputError(f"min_fraction must be a share from 0 up to (not including) 0.5; got {min_fraction!r}")
+    keys = _cohort_keys(cdm, result)
+    base = demographic_covariates(cdm, result, keys)
+    n = int(keys.person_id.nunique().execute())
+    floor = max(min_persons, math.ceil(min_fraction * n))
+    notes, rows = list(base.notes), []
+    for domain in domains:
+        table = EVENT_TABLES[domain][0]
+        if table not in cdm.tables:
+            notes.append(f"{domain}: this CDM has no {table} table, so no {domain} covariates"); continue
+        ev = _domain_events(cdm, domain, None, concept=True)
+        ev = ev.filter(ev.concept_id.notnull() & (ev.concept_id != 0))       # 0: no standard concept
+        j = keys.join(ev, keys.person_id == ev.person_id)
+        j = j.filter(_in_window(j, "event_date", window))
+        per = j.select("person_id", "concept_id").distinct().group_by("concept_id").aggregate(persons=ibis._.count())
+        per = per.filter((per.persons >= floor) & (per.persons <= n - floor))
+        per = per.order_by([ibis.desc("persons"), "concept_id"]).limit(top_k)
+        if "concept" in cdm.tables:    # names only; a CDM without a concept table gets ids
+            c = cdm.concept.select(_cid=cdm.concept.concept_id.cast("int64"), concept_name=cdm.concept.concept_name)
+            top = per.left_join(c, per.concept_id == c._cid).select("concept_id", "concept_name", "persons")
+        else: top = per.mutate(concept_name=ibis.null("string")).select("concept_id", "concept_name", "persons")
+        top = top.to_pandas().sort_values(["persons", "concept_id"], ascending=[False, True], kind="stable")
+        if top.empty: notes.append(f"{domain}: no concept is recorded in the window for at least {floor} and at most {n - floor} "
+                                   f"of the cohort's {n} persons"); continue
+        for r in top.itertuples():
+            rows.append(dict(name=indicator_name(domain, r.concept_id, r.concept_name), domain=domain, concept_id=int(r.concept_id),
+                             concept_name=None if pd.isna(r.concept_name) else r.concept_name, persons=int(r.persons)))
+    concepts = pd.DataFrame(rows, columns=["name", "domain", "concept_id", "concept_name", "persons"])
+    covs = base.covariates + [indicator(r.name, r.concept_id, r.domain, window) for r in concepts.itertuples()]
+    return CovariateSet(covs, "data-driven", concepts, notes)
+
+# %% ../nbs/06_features.ipynb #b8a75035
+_DEMOGRAPHICS = {c.name for c in (age(), sex(), ethnicity(), imd_quintile(), prior_observation())}
+_ITEM_KEYS = {"name", "domain", "concept_ids", "descendants", "exclude", "window", "kind"}
+ITEM_KINDS = ("presence", "count", "latest_value")
+
+def _json_value(spec, what: str):
+    "`spec` as data: JSON text is parsed, lists and dicts pass through."
+    if isinstance(spec, (list, dict)): return spec
+    if not isinstance(spec, str): raise InputError(f"{what} must be JSON text; got {type(spec).__name__}")
+    try: return json.loads(spec)
+    except ValueError as e: raise InputError(f"{what} is not valid JSON ({e})") from None
+
+def _concept_set_from(d: dict, where: str, default_name: str) -> ConceptSet:
+    ids = d.get("concept_ids")
+    if not isinstance(ids, list) or not ids: raise InputError(f"{where}.concept_ids must be a non-empty list of concept ids; got {ids!r}")
+    desc = d.get("descendants", True)
+    if not isinstance(desc, bool): raise InputError(f"{where}.descendants must be true or false; got {desc!r}")
+    exclude = d.get("exclude", [])
+    if not isinstance(exclude, list): raise InputError(f"{where}.exclude must be a list of concept ids; got {exclude!r}")
+    name = d.get("name", default_name)
+    try: return ConceptSet(name, include=ids, descendants=desc, exclude=exclude)
+    except (InputError, ConceptError) as e: raise InputError(f"{where}: {e}") from None
+
+def covariates_from_json(spec) -> list[Covariate]:
+    """Concept-set covariates from a JSON list (text, or the parsed list). Each item: `name` (an identifier), `domain`,
+    `concept_ids`, optional `descendants` (default true), `exclude` (ids), `window` ([start, end] days from index,
+    null for unbounded; default [-365, 0]) and `kind`: `presence` (default, 0/1), `count` or `latest_value`."""
+    items = _json_value(spec, "covariates")
+    if not isinstance(items, list) or not items:
+        raise InputError(f"covariates must be a non-empty JSON list of concept-set covariates; got {type(items).__name__}")
+    out, seen = [], set()
+    for i, d in enumerate(items):
+        where = f"covariates[{i}]"
+        if not isinstance(d, dict): raise InputError(f"{where} must be an object with name, domain and concept_ids; got {d!r}")
+        unknown = sorted(set(d) - _ITEM_KEYS)
+        if unknown: raise InputError(f"{where} has unknown key(s) {unknown}; valid keys: {sorted(_ITEM_KEYS)}")
+        name = d.get("name")
+        if not isinstance(name, str) or not name.isidentifier():
+            raise InputError(f"{where}.name must be a plain identifier (letters, digits, _); got {name!r}")
+        if name in _DEMOGRAPHICS or name in RESERVED or name in seen:
+            raise InputError(f"{where}.name {name!r} is {'used twice' if name in seen else 'reserved (demographics are always included)'}")
+        seen.add(name)
+        kind = d.get("kind", "presence")
+        if kind not in ITEM_KINDS: raise InputError(f"{where}.kind must be one of {list(ITEM_KINDS)}; got {kind!r}")
+        domain = d.get("domain")
+        if domain not in EVENT_TABLES: raise InputError(f"{where}.domain must be one of {list(EVENT_TABLES)}; got {domain!r}")
+        if kind == "latest_value" and DOMAINS.get(domain, (None,) * 4)[3] is None:
+            raise InputError(f"{where}: latest_value needs a measurement or observation domain; got {domain!r}")
+        window = _check_window(d.get("window", [-365, 0]), f"{where}.window")
+        cs = _concept_set_from(d, where, name)
+        out.append(Covariate(name, kind, cs, domain, window))
+    return out
+
+_SHORT = re.compile(r"^\s*([a-z_]+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*$")
+_OUTCOME_FORMS = ("a concept set: DOMAIN:ID[,ID...] (with descendants, e.g. condition:192671), or JSON "
+                  '{"name": ..., "domain": ..., "concept_ids": [...], "descendants": true}; a healthbench cohort JSON (its entry '
+                  'events; text or a .json file); or an OpenSAFELY codelist CSV file (SNOMED codes, column "code"), or JSON '
+                  '{"codelist": FILE, "vocabulary": ..., "code_column": ..., "domain": ...}')
+
+def _codelist_outcome(d: dict, time_at_risk) -> Outcome:
+    allowed = {"codelist", "name", "vocabulary", "code_column", "category_column", "category", "descendants", "domain"}
+    unknown = sorted(set(d) - allowed)
+    if unknown: raise InputError(f"outcome: unknown key(s) {unknown} for a codelist; valid keys: {sorted(allowed)}")
+    domain = d.get("domain", "condition")
+    if domain not in EVENT_TABLES: raise InputError(f"outcome.domain must be one of {list(EVENT_TABLES)}; got {domain!r}")
+    kw = {k: d[k] for k in ("name", "vocabulary", "code_column", "category_column", "category", "descendants") if k in d}
+    cs = from_codelist(d["codelist"], on_unknown="warn", **kw)
+    return Outcome(cs, domain, time_at_risk)
+
+def _cohort_outcome(text: str, time_at_risk) -> Outcome:
+    from healthbench.cohort import Cohort
+    try: cohort = Cohort.from_json(text)
+    except InputError as e: raise InputError(f"outcome is not a valid cohort definition: {e}") from None
+    if cohort.entry.value is not None:
+        raise InputError(f"outcome: cohort {cohort.name!r} enters on a value range; an outcome is an event of a concept set, "
+                         "without value ranges")
+    ignored = ([f"its {len(cohort.inclusion_rules)} inclusion rule(s)"] if cohort.inclusion_rules else []) + \
+              (["its demographic criteria"] if any(v is not None for v in vars(cohort.demographics).values()) else [])
+    if ignored:
+        warnings.warn(f"outcome from cohort {cohort.name!r}: the first of its entry events ({cohort.entry.domain}, concept set "
+                      f"{cohort.entry.concept_set!r}) in the time at risk is the outcome; {' and '.join(ignored)} do not apply",
+                      UserWarning, stacklevel=3)
+    cs = cohort.concept_set(cohort.entry.concept_set)
+    cs = ConceptSet(cohort.name, include=cs.include, codes=cs.codes, descendants=cs.descendants, exclude=cs.exclude,
+                    on_unknown=cs.on_unknown)
+    return Outcome(cs, cohort.entry.domain, time_at_risk)
+
+def parse_outcome(spec, time_at_risk=(1, 3650)) -> Outcome:
+    "The outcome written as text (see `_OUTCOME_FORMS`): a concept set, a cohort's entry events, or a codelist file."
+    if isinstance(spec, dict): spec = json.dumps(spec)
+    if not isinstance(spec, str) or not spec.strip(): raise InputError(f"outcome must be {_OUTCOME_FORMS}; got {spec!r}")
+    text = spec.strip()
+    m = _SHORT.match(text)
+    if m:
+        domain, ids = m.group(1), [int(i) for i in m.group(2).split(",")]
+        if domain not in EVENT_TABLES: raise InputError(f"outcome {text!r}: unknown domain {domain!r}; use one of {list(EVENT_TABLES)}")
+        try: return Outcome(ConceptSet(f"{domain} {m.group(2).replace(' ', '')}", include=ids), domain, time_at_risk)
+        except ConceptError as e: raise InputError(f"outcome {text!r}: {e}") from None
+    if not text.startswith("{"):
+        p = Path(text)
+        if p.suffix.lower() == ".csv": return _codelist_outcome({"codelist": text}, time_at_risk)
+        if p.suffix.lower() == ".json" and p.is_file(): text = p.read_text(encoding="utf-8-sig").strip()
+        elif p.suffix.lower() == ".json": raise InputError(f"outcome: file {text!r} does not exist")
+        else: raise InputError(f"outcome {text!r} is none of {_OUTCOME_FORMS}")
+    d = _json_value(text, "outcome")
+    if not isinstance(d, dict): raise InputError(f"outcome JSON must be an object; got a {type(d).__name__}")
+    if "entry" in d or "schema_version" in d: return _cohort_outcome(text, time_at_risk)
+    if "codelist" in d: return _codelist_outcome(d, time_at_risk)
+    unknown = sorted(set(d) - {"name", "domain", "concept_ids", "descendants", "exclude"})
+    if unknown: raise InputError(f"outcome has unknown key(s) {unknown}; it must be {_OUTCOME_FORMS}")
+    domain = d.get("domain", "condition")
+    if domain not in EVENT_TABLES: raise InputError(f"outcome.domain must be one of {list(EVENT_TABLES)}; got {domain!r}")
+    return Outcome(_concept_set_from(d, "outcome", "outcome"), domain, time_at_risk)

@@ -26,13 +26,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import InputError, Interrupted, TemplateError, TemplateRunError
+from .errors import ConceptError, HealthbenchError, InputError, Interrupted, TemplateError, TemplateRunError
 
 # %% auto #0
-__all__ = ['TEMPLATE_DIR', 'CLAIM_FILE', 'OUTCOME_CONCEPTS', 'CATEGORICAL', 'template_path', 'parameters', 'available',
-           'validate', 'versions', 'RunResult', 'kernel_name', 'run', 'sweep', 'verify', 'template_cdm',
-           'template_cohort', 'template_session', 'template_out_dir', 'prediction_data', 'prediction_models',
-           'bp_cohort', 'model_inputs', 'fitted_model', 'record_provenance']
+__all__ = ['TEMPLATE_DIR', 'GROUPS', 'MODELS', 'COVARIATE_SETS', 'CLAIM_FILE', 'SYNTHETIC_SOURCE', 'OUTCOME_CONCEPTS',
+           'CATEGORICAL', 'template_path', 'parameters', 'available', 'validate', 'versions', 'RunResult',
+           'kernel_name', 'run', 'sweep', 'verify', 'template_cdm', 'is_synthetic', 'template_cohort',
+           'example_outcome', 'template_outcome', 'template_covariates', 'table_one_variables', 'cox_covariates',
+           'template_session', 'template_out_dir', 'prediction_data', 'prediction_models', 'bp_cohort', 'model_inputs',
+           'fitted_model', 'fit_model', 'record_provenance']
 
 # %% ../nbs/09_templates.ipynb #3456b101
 import healthbench as _hb
@@ -103,6 +105,10 @@ def available() -> pd.DataFrame:
 # %% ../nbs/09_templates.ipynb #40209d40
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list": (list, tuple),
           "dict": (dict,)}
+GROUPS = ("sex", "ethnicity", "imd_quintile", "age_band")      # the grouping variables of characterise and survival
+MODELS = ("logistic", "gradient_boosting")                       # the models predict fits
+COVARIATE_SETS = ("default", "data_driven")                      # or a JSON list of concept-set covariates
+_AS_JSON = ("cohort_json", "outcome", "covariates")              # text parameters a YAML file may give as data
 
 def _declared(p: dict) -> str:
     t = p["type"]
@@ -110,9 +116,14 @@ def _declared(p: dict) -> str:
     return str(t).split("[")[0].strip().lower() if t else "None"
 
 def validate(name: str | Path, params: dict | None) -> dict:
-    "The complete parameters of a run (defaults + `params`), or an error naming what is wrong and what is valid."
+    """The complete parameters of a run (defaults + `params`), or an error naming what is wrong and what is valid. Checked
+    here, before any kernel starts: names, types, the cohort, outcome, covariates and rules as written, the bundled
+    templates' `group` and `model`, and — on the CDM itself — that it opens, that every concept named exists in its
+    vocabulary, and that a CDM other than the synthetic one comes with a cohort and an outcome."""
     declared = parameters(name)
     params = dict(params or {})
+    for k in _AS_JSON:
+        if k in declared and isinstance(params.get(k), (dict, list)): params[k] = json.dumps(params[k])
     valid = ", ".join(f"{k} ({_declared(v)}, default {v['default']!r})" for k, v in declared.items())
     unknown = sorted(set(params) - set(declared))
     if unknown:
@@ -124,13 +135,22 @@ def validate(name: str | Path, params: dict | None) -> dict:
             raise InputError(f"parameter {k!r} must be {t} (default {declared[k]['default']!r}); got {v!r} "
                              f"({type(v).__name__}); valid parameters: {valid}")
     full = {k: v["default"] for k, v in declared.items()} | params
-    if full.get("cohort_json"): _parse_cohort(full["cohort_json"])
+    cohort = _parse_cohort(full["cohort_json"]) if full.get("cohort_json") else None
     if "rules" in full: _parse_rules(full["rules"])
+    if template_path(name).resolve().parent == TEMPLATE_DIR.resolve():
+        for k, allowed in (("group", GROUPS), ("model", MODELS)):
+            if k in full and full[k] not in allowed: raise InputError(f"parameter {k!r} must be one of {list(allowed)}; got {full[k]!r}")
+    outcome = _parse_outcome(full["outcome"]) if full.get("outcome") else None
+    covariates = _parse_covariates(full["covariates"]) if "covariates" in full else None
+    if full.get("predict_run") and (outcome is not None or full.get("covariates", "default") != "default"):
+        raise InputError("parameters 'outcome' and 'covariates' define the model fitted here when predict_run is empty; with "
+                         f"predict_run {full['predict_run']!r} the model, its outcome and its covariates are that run's: leave them out")
+    _check_on_cdm(full, cohort, outcome, covariates or [])
     return full
 
 def _is_path_text(text: str) -> bool:
     "Whether a text parameter is a file path rather than inline JSON."
-    return len(text) < 4096 and not text.lstrip().startswith("{")
+    return len(text) < 4096 and not text.lstrip().startswith(("{", "["))
 
 def _parse_cohort(text: str):
     from healthbench.cohort import Cohort
@@ -148,6 +168,81 @@ def _parse_rules(spec: str):
     if not Path(spec).is_file():
         raise InputError(f"parameter 'rules' must be a preset ({sorted(presets)}) or a YAML rules file; got {spec!r}")
     return Rules.from_yaml(spec)
+
+def _parse_outcome(text: str):
+    from healthbench.features import parse_outcome
+    try: return parse_outcome(text)
+    except HealthbenchError as e: raise InputError(f"parameter 'outcome': {e}") from None
+
+def _parse_covariates(text: str) -> list:
+    "[] for 'default' or 'data_driven' (chosen from the data in the run), else the concept-set covariates of the JSON list."
+    from healthbench.features import covariates_from_json
+    if text in COVARIATE_SETS: return []
+    if not text.lstrip().startswith("["):
+        raise InputError(f"parameter 'covariates' must be one of {list(COVARIATE_SETS)} or a JSON list of concept-set "
+                         f"covariates; got {text[:80]!r}")
+    try: return covariates_from_json(text)
+    except HealthbenchError as e: raise InputError(f"parameter 'covariates': {e}") from None
+
+_SYNTHETIC_DOMAINS = ("condition", "drug", "measurement", "observation", "visit")    # the tables healthbench.synth writes
+
+def _vocabulary_cdm():
+    "The bundled vocabulary as a CDM of two tables, for checking concepts against the synthetic CDM before it is built."
+    import ibis
+    from healthbench.cdm import CDM
+    from healthbench import vocabulary as V
+    backend = ibis.duckdb.connect()
+    backend.create_table("concept", V.concept_table()); backend.create_table("concept_ancestor", V.concept_ancestor_table())
+    return CDM(backend, description="healthbench's bundled vocabulary")
+
+def _needs(full: dict) -> bool:
+    "Whether the run reads the CDM: always, unless every run it builds on is given (explain and fairness with predict_run)."
+    runs = [k for k in full if k.endswith("_run")]
+    return not runs or any(not full[k] for k in runs)
+
+def _check_on_cdm(full: dict, cohort, outcome, covariates: list):
+    "The CDM opens; a real one comes with a cohort and an outcome; every concept named is in its vocabulary; groups have data."
+    from healthbench.concepts import resolve
+    from healthbench.features import EVENT_TABLES
+    if "cdm_path" not in full or not _needs(full): return
+    path = full["cdm_path"]
+    if path:
+        from healthbench.cdm import connect
+        cdm = connect(path)
+    else: cdm = _vocabulary_cdm()
+    try:
+        if path and not is_synthetic(cdm):
+            fit_here = not full.get("predict_run")
+            missing = [k for k in ("cohort_json", "outcome") if k in full and not full[k] and fit_here]
+            if missing:
+                raise InputError(f"{' and '.join(repr(k) for k in missing)} must be given on {path!r}: the examples (the template's "
+                                 "cohort; first MI or stroke) are defined for healthbench's synthetic CDM, and this is another CDM. "
+                                 f"{_EXAMPLES}")
+        tables = set(cdm.tables) if path else {EVENT_TABLES[d][0] for d in _SYNTHETIC_DOMAINS}
+        named = [(f"'cohort_json' (concept set {cs.name!r})", cs) for cs in (cohort.concept_sets if cohort else [])]
+        named += [("'outcome'", outcome.concept_set)] if outcome else []
+        named += [(f"'covariates' ({c.name!r})", c.concept_set) for c in covariates]
+        for what, domain in ([("'outcome'", outcome.domain)] if outcome else []) + [(f"'covariates' ({c.name!r})", c.domain) for c in covariates]:
+            if EVENT_TABLES[domain][0] not in tables:
+                raise InputError(f"parameter {what}: this CDM has no {EVENT_TABLES[domain][0]} table, so no {domain} events")
+        for what, cs in named:
+            try: resolve(cdm, cs)
+            except ConceptError as e: raise ConceptError(f"parameter {what}: {e}", unknown=e.unknown) from None
+        group = full.get("group")
+        if path and group in ("ethnicity", "imd_quintile") and not _has_group_data(cdm, group):
+            raise InputError(f"parameter 'group': this CDM records no {group} (healthbench reads "
+                             f"{'person.race_source_value' if group == 'ethnicity' else 'observation rows of concept 35812882'}); "
+                             f"choose another of {list(GROUPS)}")
+    finally: cdm.close()
+
+def _has_group_data(cdm, group: str) -> bool:
+    from healthbench import vocabulary as V
+    if group == "ethnicity":
+        p = cdm.person
+        return bool(int(p.filter(p.race_source_value.notnull() & (p.race_source_value.strip() != "")).count().execute()))
+    if "observation" not in cdm.tables: return False
+    o = cdm.observation
+    return bool(int(o.filter((o.observation_concept_id == V.IMD_CONCEPT) | (o.observation_source_concept_id == V.IMD_CONCEPT)).count().execute()))
 
 # %% ../nbs/09_templates.ipynb #20c78abc
 CLAIM_FILE = ".healthbench-claim"        # in every run folder: who claimed it, with the claim's token
@@ -392,7 +487,7 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
     run_dir = run_dir.resolve()
     if "out_dir" in full: full["out_dir"] = str(run_dir)
     for k, v in full.items():   # the kernel runs in the run folder: paths relative to here must still point here
-        if (k.endswith(("_run", "_path")) or k in ("cohort_json", "rules")) and isinstance(v, str) and v \
+        if (k.endswith(("_run", "_path")) or k in ("cohort_json", "rules", "outcome")) and isinstance(v, str) and v \
                 and _is_path_text(v) and not Path(v).is_absolute() and Path(v).exists():
             full[k] = str(Path(v).resolve())
     bundled = path.resolve().parent == TEMPLATE_DIR.resolve()
@@ -530,9 +625,81 @@ def template_cdm(cdm_path: str, out_dir: str | Path, persons: int = 5000, seed: 
     d.mkdir(parents=True, exist_ok=True)
     return connect(generate(persons, seed=seed, path=d / "synthetic.duckdb", progress=False, overwrite=True))
 
-def template_cohort(cohort_json: str, example):
-    "The cohort from `cohort_json` (JSON text or a file path), or the template's `example` when empty."
-    return _parse_cohort(cohort_json) if cohort_json else example
+SYNTHETIC_SOURCE = "healthbench-synth"      # cdm_source.cdm_source_abbreviation of every CDM healthbench.synth writes
+_EXAMPLES = ("Give cohort_json (cohort JSON text or a .json file) and outcome (a concept set such as condition:192671, "
+             "a cohort JSON or an OpenSAFELY codelist CSV; see the README's template parameters).")
+
+def is_synthetic(cdm) -> bool:
+    "Whether `cdm` is one healthbench's synthetic generator wrote (its `cdm_source` says so): the examples are defined for it."
+    if "cdm_source" not in cdm.tables: return False
+    s = cdm.cdm_source
+    return bool(int(s.filter(s.cdm_source_abbreviation == SYNTHETIC_SOURCE).count().execute()))
+
+def template_cohort(cohort_json: str, example, cdm=None):
+    "The cohort from `cohort_json` (JSON text or a file path), or the template's `example` when empty — on the synthetic CDM only."
+    if cohort_json: return _parse_cohort(cohort_json)
+    if cdm is not None and not is_synthetic(cdm):
+        raise InputError(f"cohort_json must be given on this CDM: the example cohort {example.name!r} is defined for healthbench's "
+                         f"synthetic CDM. {_EXAMPLES}")
+    return example
+
+OUTCOME_CONCEPTS = (4329847, 381316)      # the templates' example outcome on the synthetic CDM: first MI or stroke (with descendants)
+CATEGORICAL = ["sex", "ethnicity", "smoking"]     # the categorical features of the synthetic example's covariates
+
+def example_outcome(time_at_risk=(1, 3650)):
+    "The synthetic example's outcome: the first MI or stroke in the time at risk."
+    from healthbench.concepts import concept_set
+    from healthbench.features import Outcome
+    return Outcome(concept_set("MI or stroke", *OUTCOME_CONCEPTS), "condition", time_at_risk)
+
+def template_outcome(outcome: str, cdm, time_at_risk):
+    "The outcome of a run: `outcome` as written (`features.parse_outcome`), or when empty the example — on the synthetic CDM only."
+    from healthbench.features import parse_outcome
+    if outcome: return parse_outcome(outcome, time_at_risk)
+    if not is_synthetic(cdm):
+        raise InputError(f"outcome must be given on this CDM: the example (first MI or stroke) is defined for healthbench's "
+                         f"synthetic CDM. {_EXAMPLES}")
+    return example_outcome(time_at_risk)
+
+def template_covariates(covariates: str, cdm, result):
+    """The covariates of a run: 'default' is the synthetic example's thirty on the synthetic CDM and the data-driven set on
+    any other; 'data_driven' is the data-driven set on any CDM; a JSON list adds concept-set covariates to the demographics."""
+    from healthbench.features import (CovariateSet, default_covariates, data_driven_covariates, demographic_covariates,
+                                      covariates_from_json)
+    if covariates == "default" and is_synthetic(cdm): return CovariateSet(default_covariates(), "synthetic example")
+    if covariates in COVARIATE_SETS: return data_driven_covariates(cdm, result)
+    base = demographic_covariates(cdm, result)
+    return CovariateSet(base.covariates + _parse_covariates(covariates), "concept sets", notes=base.notes)
+
+_SYNTHETIC_TABLE1 = (["sex", "age_band", "ethnicity", "imd_quintile", "smoking", "history_hypertension", "history_atrial_fibrillation",
+                      "history_chronic_kidney_disease", "statin_1y"],
+                     ["age", "systolic_bp", "total_cholesterol", "hdl_cholesterol", "bmi", "hba1c", "outpatient_visits_1y"],
+                     ["outpatient_visits_1y"])
+
+def table_one_variables(covariates, group: str) -> tuple[list[str], list[str], list[str]]:
+    """(categorical, continuous, non-normal) rows of Table 1: the synthetic example's choice, or every covariate — age band,
+    categories and 0/1 indicators as categorical; age, values, counts and prior observation as continuous (counts and
+    prior observation summarised by median and IQR). The grouping variable is a column, not a row."""
+    if covariates.source == "synthetic example": cat, cont, nonnormal = (list(x) for x in _SYNTHETIC_TABLE1)
+    else:
+        kinds = [(c.name, c.kind) for c in covariates]
+        cat = ["sex", "age_band"] + [n for n, k in kinds if k in ("ethnicity", "imd", "presence", "latest_concept")]
+        cont = [n for n, k in kinds if k in ("age", "latest_value", "count", "visits", "prior_observation")]
+        nonnormal = [n for n, k in kinds if k in ("count", "visits", "prior_observation")]
+    return [c for c in cat if c != group], cont, nonnormal
+
+_SYNTHETIC_COX = ["age", "sex", "history_type2_diabetes", "history_hypertension", "statin_1y"]
+
+def cox_covariates(covariates, data: pd.DataFrame, indicators: int = 5, min_records: int = 10) -> list[str]:
+    """Terms of the survival template's Cox model: the synthetic example's five, or age, sex and the first `indicators` 0/1
+    covariates (most frequent first) with at least `min_records` records and an event at each level (else no estimate)."""
+    if covariates.source == "synthetic example": return list(_SYNTHETIC_COX)
+    chosen = [c for c in ("age", "sex") if c in data and data[c].nunique() > 1]
+    for c in covariates:
+        if c.kind != "presence" or len(chosen) >= 2 + indicators: continue
+        x = data[c.name]
+        if all((x == v).sum() >= min_records and data.outcome[x == v].sum() >= 1 for v in (0, 1)): chosen.append(c.name)
+    return chosen
 
 def template_session(out_dir: str | Path, rules: str = "uk_default", cdm=None):
     "A disclosure `Session` writing into `out_dir/outputs` under `rules`, with the project folder's release ledger for `cdm`."
@@ -571,22 +738,18 @@ def template_out_dir(out_dir: str) -> Path:
     _MINE.add(_claim(p, by="a template run outside healthbench run", allow=_notebook_file))
     return p
 
-OUTCOME_CONCEPTS = (4329847, 381316)      # the templates' example outcome: first MI or stroke (with descendants)
-CATEGORICAL = ["sex", "ethnicity", "smoking"]
-
-def prediction_data(cdm, cohort, horizon_days: int) -> tuple[pd.DataFrame, list[str], list[str]]:
-    "Records followed to the horizon or the outcome: (data with the default covariates and `outcome`, numeric, categorical)."
-    from healthbench.cohort import generate
-    from healthbench.concepts import concept_set
-    from healthbench.features import extract, Outcome, default_covariates
-    result = generate(cdm, cohort)
-    cvd = concept_set("MI or stroke", *OUTCOME_CONCEPTS)
-    data = extract(cdm, result, default_covariates(), Outcome(cvd, "condition", time_at_risk=(1, horizon_days)))
+def prediction_data(cdm, result, outcome, covariates) -> tuple[pd.DataFrame, list[str], list[str]]:
+    "Records of `result` followed to the end of the outcome's time at risk or the outcome: (data, numeric, categorical features)."
+    from healthbench.features import extract
+    data = extract(cdm, result, covariates, outcome)
     data = data[data.complete_followup == 1].sort_values(["person_id", "cohort_start_date"]).reset_index(drop=True)
-    if data.empty: raise TemplateError(f"cohort {cohort.name!r} has no records followed to {horizon_days} days; nothing to model")
-    data["imd_quintile"] = data.imd_quintile.astype(float)
-    features = [c.name for c in default_covariates()]
-    return data, [f for f in features if f not in CATEGORICAL], list(CATEGORICAL)
+    horizon = outcome.time_at_risk[1]
+    if data.empty: raise TemplateError(f"cohort {result.cohort.name!r} has no records followed to {horizon} days; nothing to model")
+    if data.outcome.nunique() < 2:
+        raise TemplateError(f"the outcome {outcome.name!r} is {'never' if data.outcome.iloc[0] == 0 else 'always'} seen within "
+                            f"{horizon} days in cohort {result.cohort.name!r}; a model needs records with and without it")
+    if "imd_quintile" in data: data["imd_quintile"] = data.imd_quintile.astype(float)
+    return data, covariates.numeric, covariates.categorical
 
 def prediction_models(numeric: list[str], categorical: list[str], seed: int) -> dict:
     "The templates' two scikit-learn pipelines: logistic regression and gradient boosting, imputation and one-hot inside."
@@ -612,27 +775,34 @@ def bp_cohort():
     sbp = concept_set("systolic BP", 3004249, descendants=False)
     return Cohort.builder("Adults 40-80 at their first blood pressure reading").entry(sbp, "measurement").age(40, 80).build()
 
-def model_inputs(predict_run: str, model: str, out_dir, *, cdm_path: str = "", cohort_json: str = "",
-                 horizon_days: int = 1825, persons: int = 5000, seed: int = 1):
-    "(pipeline, X_test, y_test, p_test, X_train, cdm, cohort): a predict run's, or fitted here on `cdm_path`/`cohort_json` when `predict_run` is empty."
-    if predict_run: return (*fitted_model(predict_run, model), None, None)
+def model_inputs(predict_run: str, model: str, out_dir, *, cdm_path: str = "", cohort_json: str = "", outcome: str = "",
+                 covariates: str = "default", horizon_days: int = 1825, persons: int = 5000, seed: int = 1):
+    """(pipeline, X_test, y_test, p_test, X_train, cdm, cohort, outcome, covariates): a predict run's model and test split
+    (the last four None), or fitted here when `predict_run` is empty — on `cdm_path` with `cohort_json`, `outcome` and
+    `covariates` as the predict template reads them."""
+    from healthbench.cohort import generate
+    if predict_run: return (*fitted_model(predict_run, model), None, None, None, None)
     cdm = template_cdm(cdm_path, out_dir, persons=persons, seed=seed)
-    cohort = template_cohort(cohort_json, bp_cohort())
-    return (*fitted_model("", model, cdm, cohort, horizon_days, seed), cdm, cohort)
+    cohort = template_cohort(cohort_json, bp_cohort(), cdm)
+    result = generate(cdm, cohort)
+    outcome_def, covs = template_outcome(outcome, cdm, (1, horizon_days)), template_covariates(covariates, cdm, result)
+    data, numeric, categorical = prediction_data(cdm, result, outcome_def, covs)
+    return (*fit_model(data, numeric, categorical, model, seed), cdm, cohort, outcome_def, covs)
 
-def fitted_model(predict_run: str, model: str, cdm=None, cohort=None, horizon_days: int = 1825, seed: int = 1):
-    "(pipeline, X_test, y_test, p_test, X_train) from a predict run folder, or fitted here when `predict_run` is empty."
+def fitted_model(predict_run: str, model: str):
+    "(pipeline, X_test, y_test, p_test, X_train) of `model` in a predict run folder."
     import joblib
-    if predict_run:
-        d = Path(predict_run) / "models"
-        for f in (f"{model}.joblib", "test_set.parquet", "train_features.parquet"):
-            if not (d / f).is_file(): raise TemplateError(f"{str(d / f)!r} is missing: predict_run must be a folder written by the predict template")
-        test = pd.read_parquet(d / "test_set.parquet")
-        if f"p_{model}" not in test: raise TemplateError(f"predict run {predict_run!r} has no model {model!r}")
-        X_test = test.drop(columns=[c for c in test.columns if c == "y" or c.startswith("p_")])
-        return joblib.load(d / f"{model}.joblib"), X_test, test.y.to_numpy(), test[f"p_{model}"].to_numpy(), pd.read_parquet(d / "train_features.parquet")
+    d = Path(predict_run) / "models"
+    for f in (f"{model}.joblib", "test_set.parquet", "train_features.parquet"):
+        if not (d / f).is_file(): raise TemplateError(f"{str(d / f)!r} is missing: predict_run must be a folder written by the predict template")
+    test = pd.read_parquet(d / "test_set.parquet")
+    if f"p_{model}" not in test: raise TemplateError(f"predict run {predict_run!r} has no model {model!r}")
+    X_test = test.drop(columns=[c for c in test.columns if c == "y" or c.startswith("p_")])
+    return joblib.load(d / f"{model}.joblib"), X_test, test.y.to_numpy(), test[f"p_{model}"].to_numpy(), pd.read_parquet(d / "train_features.parquet")
+
+def fit_model(data: pd.DataFrame, numeric: list[str], categorical: list[str], model: str, seed: int = 1):
+    "(pipeline, X_test, y_test, p_test, X_train): `model` fitted on a stratified 70% of `data`, predictions on the rest."
     from sklearn.model_selection import train_test_split
-    data, numeric, categorical = prediction_data(cdm, cohort, horizon_days)
     models = prediction_models(numeric, categorical, seed)
     if model not in models: raise TemplateError(f"model must be one of {sorted(models)}; got {model!r}")
     X, y = data[numeric + categorical], data.outcome.to_numpy()
@@ -640,13 +810,18 @@ def fitted_model(predict_run: str, model: str, cdm=None, cohort=None, horizon_da
     pipe = models[model].fit(X_train, y_train)
     return pipe, X_test.reset_index(drop=True), y_test, pipe.predict_proba(X_test)[:, 1], X_train.reset_index(drop=True)
 
-def record_provenance(out_dir: str | Path, cdm=None, cohort=None, seed: int | None = None, **extra) -> dict:
-    "Write `provenance.json` (CDM fingerprint, cohort definition and its hash, seed) for the run's manifest."
+def record_provenance(out_dir: str | Path, cdm=None, cohort=None, seed: int | None = None, outcome=None, covariates=None,
+                      **extra) -> dict:
+    "Write `provenance.json` (CDM fingerprint, cohort definition and its hash, outcome, covariates, seed) for the run's manifest."
     prov = dict(seed=seed, **extra)
     if cdm is not None: prov["cdm_fingerprint"] = cdm.fingerprint()
     if cohort is not None:
         text = cohort.to_json()
         prov["cohort_sha256"] = hashlib.sha256(text.encode()).hexdigest()
         prov["cohort"] = json.loads(text)
+    if outcome is not None: prov["outcome"] = outcome.to_dict()
+    if covariates is not None:      # which concepts, never how many people have them
+        prov["covariates"] = dict(source=covariates.source, names=covariates.names, notes=list(covariates.notes),
+                                  concepts=covariates.concepts[["name", "domain", "concept_id", "concept_name"]].to_dict("records"))
     Path(out_dir, "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
     return prov

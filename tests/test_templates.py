@@ -5,6 +5,11 @@ keeps its `parameters` tag; each runs all three ways; the same parameters give b
 (and `healthbench verify` says so); a failing cell leaves a partial notebook and a `failed` manifest naming the
 cell, and the CLI exits non-zero with that message; bad parameters are refused before any kernel starts; every
 exported table and figure is in the disclosure log and only passing outputs reach the release bundle.
+
+On real data (`test_gibleed_*`, marked `gibleed` by name and `slow`): OHDSI's Eunomia GiBleed (v5.3.1, Parquet, from
+`../shared/data/`) as a typed DuckDB — made by `healthbench.cdm.import_cdm` where it exists, else by `_typed_duckdb`
+below, a stand-in for it — runs the five templates from the CLI with a new-user cohort of celecoxib, a GI-bleed outcome
+and the `default` (data-driven) covariates: each completes, passes disclosure control and verifies.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import nbformat
 import pytest
 
 from healthbench.disclosure import verify_bundle
-from healthbench.errors import InputError, TemplateRunError
+from healthbench.errors import CDMNotFoundError, ConceptError, InputError, TemplateRunError
 from healthbench.templates import TEMPLATE_DIR, available, parameters, run, validate
 
 TEMPLATES = ["characterise", "predict", "survival", "explain", "fairness"]     # each run all three ways
@@ -53,18 +58,32 @@ def test_every_template_keeps_its_parameters_tag(name):
     assert "nbdev_export" not in "".join(c.source for c in nb.cells)
 
 
-def test_bad_parameters_refused_before_a_kernel_starts(tmp_path):
+BAD = [  # (template, parameters, error class, message fragment): each refused by validate, before any kernel starts
+    ("characterise", {"groop": "sex"}, InputError, r"no parameter\(s\) \['groop'\]; valid parameters: cdm_path \(str"),
+    ("characterise", {"persons": "lots"}, InputError, "parameter 'persons' must be int"),
+    ("characterise", {"cohort_json": '{"schema_version": 1, "name": "x", "bogus": 1}'}, InputError,
+     "parameter 'cohort_json' is not a valid cohort definition"),
+    ("survival", {"cohort_json": "missing.json"}, InputError, "neither cohort JSON nor an existing file"),
+    ("survival", {"group": "blood_group"}, InputError, r"parameter 'group' must be one of \['sex', 'ethnicity', 'imd_quintile', 'age_band'\]"),
+    ("explain", {"model": "forest"}, InputError, "parameter 'model' must be one of"),
+    ("characterise", {"cdm_path": "no/such/cdm.duckdb"}, CDMNotFoundError, "no CDM database at no/such/cdm.duckdb"),
+    ("predict", {"outcome": "GI bleeding"}, InputError, "parameter 'outcome': outcome 'GI bleeding' is none of"),
+    ("predict", {"outcome": '{"concept_ids": [192671], "domian": "condition"}'}, InputError, r"unknown key\(s\) \['domian'\]"),
+    ("survival", {"outcome": "condition:192671"}, ConceptError, "parameter 'outcome': concept set 'condition 192671': 1 concept ids not in"),
+    ("fairness", {"covariates": "everything"}, InputError, "parameter 'covariates' must be one of"),
+    ("characterise", {"covariates": '[{"name": "mi", "domain": "condition"}]'}, InputError, r"covariates\[0\].concept_ids must be"),
+    ("explain", {"covariates": '[{"name": "mi", "domain": "condition", "concept_ids": [4329847, 7]}]'}, ConceptError,
+     r"parameter 'covariates' \('mi'\): concept set 'mi': 1 concept ids not in this CDM's vocabulary: \[7\]"),
+]
+
+
+@pytest.mark.parametrize("name,params,error,message", BAD, ids=[f"{b[0]}-{'-'.join(b[1])}-{i}" for i, b in enumerate(BAD)])
+def test_bad_parameters_refused_before_a_kernel_starts(name, params, error, message, tmp_path):
     t0 = time.perf_counter()
-    with pytest.raises(InputError, match=r"no parameter\(s\) \['groop'\]; valid parameters: cdm_path \(str"):
-        run("characterise", {"groop": "sex"}, tmp_path / "a")
-    with pytest.raises(InputError, match="parameter 'persons' must be int"):
-        run("characterise", {"persons": "lots"}, tmp_path / "b")
-    with pytest.raises(InputError, match="parameter 'cohort_json' is not a valid cohort definition"):
-        run("characterise", {"cohort_json": '{"schema_version": 1, "name": "x", "bogus": 1}'}, tmp_path / "c")
-    with pytest.raises(InputError, match="neither cohort JSON nor an existing file"):
-        validate("survival", {"cohort_json": "missing.json"})
-    assert time.perf_counter() - t0 < 5, "validation must not start kernels"
-    assert not any((tmp_path / d).exists() for d in "abc")
+    with pytest.raises(error, match=message):
+        run(name, params, tmp_path / "run")
+    assert time.perf_counter() - t0 < 3, "validation must not start a kernel"
+    assert not (tmp_path / "run").exists(), "a refused run leaves no run folder"
 
 
 @pytest.mark.parametrize("name", TEMPLATES)
@@ -120,17 +139,29 @@ def test_runs_from_the_cli_and_verifies(name, tmp_path):
 
 
 def test_failing_cell_is_reported(tmp_path):
-    with pytest.raises(TemplateRunError, match="ValueError: group must be one of") as e:
-        run("survival", {"group": "blood_group", "persons": 500}, tmp_path / "bad", progress=False)
+    "A cohort nobody enters passes validation (it is a valid definition) and fails in the cell that finds it empty."
+    from healthbench.templates import bp_cohort
+    nobody = bp_cohort()
+    nobody.name, nobody.demographics.age_min, nobody.demographics.age_max = "nobody", 120, 130
+    with pytest.raises(TemplateRunError, match="ValueError: cohort 'nobody' has no records after its criteria") as e:
+        run("survival", {"cohort_json": nobody.to_json(), "persons": 500}, tmp_path / "bad", progress=False)
     m = json.loads((tmp_path / "bad" / "manifest.json").read_text())
     assert m["status"] == "failed" and m["failure"]["cell_index"] is not None
     nb = nbformat.read(tmp_path / "bad" / "notebook.ipynb", as_version=4)
-    assert "group must be one of" in nb.cells[m["failure"]["cell_index"]].source
+    assert "has no records after its criteria" in nb.cells[m["failure"]["cell_index"]].source
     assert str(e.value).startswith(f"template 'survival' failed at cell {m['failure']['cell_index']}")
-    p = subprocess.run([EXE, "run", "survival", "-p", "group", "blood_group",
+    (tmp_path / "nobody.json").write_text(nobody.to_json())
+    p = subprocess.run([EXE, "run", "survival", "-p", "cohort_json", str(tmp_path / "nobody.json"),
                         "-p", "persons", "500", "--out", str(tmp_path / "bad_cli"), "--quiet"],
                        capture_output=True, text=True, timeout=600)
-    assert p.returncode != 0 and "group must be one of" in p.stderr
+    assert p.returncode != 0 and "has no records after its criteria" in p.stderr
+
+
+def test_survival_by_a_group_whose_levels_are_not_names(tmp_path):
+    "Age bands ('<50', '70+') and ONS ethnic groups (commas, spaces) become valid output names; the run used to fail."
+    r = run("survival", {"group": "age_band", "persons": 1500}, tmp_path / "s", progress=False)
+    assert r.status == "succeeded"
+    assert {"at_risk_age_band_under50", "at_risk_age_band_70plus", "km_age_band"} <= set(r.outputs.name)
 
 
 def test_report_is_assembled_from_released_outputs_only(tmp_path):
@@ -155,3 +186,175 @@ def test_report_is_assembled_from_released_outputs_only(tmp_path):
     m = {k: json.loads((r.run_dir / "runs" / k / "manifest.json").read_text()) for k in ("characterise", "predict")}
     assert m["characterise"]["cohort_sha256"] == m["predict"]["cohort_sha256"]
     assert "different cohort definitions" not in html
+
+
+# --- real data: Eunomia GiBleed (v5.3.1, Parquet as published) -------------------------------------------------------
+
+GIBLEED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omop" / "gibleed_5.3"
+GI_BLEEDING, CELECOXIB = 192671, 1118084        # SNOMED 74474003 'Gastrointestinal hemorrhage'; RxNorm ingredient
+_V53_NAMES = {"visit_occurrence": {"admitted_from_concept_id": "admitting_source_concept_id",
+                                   "admitted_from_source_value": "admitting_source_value",
+                                   "discharged_to_concept_id": "discharge_to_concept_id",
+                                   "discharged_to_source_value": "discharge_to_source_value"}}
+
+
+def _typed_duckdb(source: Path, out: Path) -> Path:
+    """A stand-in for `healthbench.cdm.import_cdm` (used instead when it exists): the Parquet files as a DuckDB CDM that
+    today's `connect()` accepts — the tables healthbench reads in its v5.4 layout and types (v5.3 visit columns renamed,
+    `cdm_version_concept_id` 0), every other table with ids as BIGINT, dates as DATE and all-null BOOLEAN columns as text."""
+    import duckdb
+    from healthbench.schema import OMOP_V54, create_table_sql
+    kinds = {"integer": "BIGINT", "float": "DOUBLE", "date": "DATE", "datetime": "TIMESTAMP"}
+    con = duckdb.connect(str(out))
+    try:
+        for path in sorted(source.glob("*.parquet")):
+            table, src = path.stem.lower(), f"read_parquet('{path}')"
+            have = {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+            if table in OMOP_V54:
+                con.execute(create_table_sql(table))
+                cols = []
+                for col, ddl, _ in OMOP_V54[table]:
+                    name = col if col in have else _V53_NAMES.get(table, {}).get(col)
+                    cols.append(f'CAST("{name}" AS {kinds.get(ddl, "VARCHAR")})' if name in have else
+                                "0" if col == "cdm_version_concept_id" else f"CAST(NULL AS {kinds.get(ddl, 'VARCHAR')})")
+                con.execute(f"INSERT INTO {table} SELECT {', '.join(cols)} FROM {src}")
+            else:
+                cols = [f'CAST("{c}" AS {"BIGINT" if c.endswith("_id") and t != "VARCHAR" else "DATE" if c.endswith("_date") else "TIMESTAMP" if c.endswith("_datetime") else "VARCHAR" if t == "BOOLEAN" else t}) AS "{c}"'
+                        for c, t in have.items()]
+                con.execute(f"CREATE TABLE {table} AS SELECT {', '.join(cols)} FROM {src}")
+    finally: con.close()
+    return out
+
+
+@pytest.fixture(scope="module")
+def gibleed(tmp_path_factory) -> Path:
+    "GiBleed as a typed DuckDB CDM in a temporary folder (never written next to the shared data)."
+    assert GIBLEED.is_dir(), f"the shared test data are missing: {GIBLEED} (see ../shared/data/README.md)"
+    out = tmp_path_factory.mktemp("gibleed") / "gibleed.duckdb"
+    try: from healthbench.cdm import import_cdm
+    except ImportError: return _typed_duckdb(GIBLEED, out)
+    import inspect
+    import_cdm(GIBLEED, out, **({"progress": False} if "progress" in inspect.signature(import_cdm).parameters else {}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gibleed_inputs(gibleed, tmp_path_factory) -> dict:
+    "The cohort (a file) and the GI-bleed outcome in the forms a user would write: short, JSON, codelist CSV, cohort JSON."
+    from healthbench.cohort import Cohort, at_most
+    from healthbench.concepts import concept_set
+    d = tmp_path_factory.mktemp("gibleed_inputs")
+    gi = concept_set("GI bleeding", GI_BLEEDING)
+    cohort = (Cohort.builder("New users of celecoxib").entry(concept_set("celecoxib", CELECOXIB), "drug", prior_days=365)
+              .require("no GI bleeding before", at_most(0, gi, "condition", window=(None, -1))).build())
+    (d / "celecoxib.json").write_text(cohort.to_json())
+    (d / "gi_bleeding.csv").write_text("code,term\n74474003,Gastrointestinal hemorrhage\n")
+    (d / "gi_bleeding_cohort.json").write_text(Cohort.builder("GI bleeding").entry(gi, "condition").build().to_json())
+    return {"cdm": str(gibleed), "cohort": str(d / "celecoxib.json"), "short": f"condition:{GI_BLEEDING}",
+            "json": json.dumps({"name": "GI bleeding", "domain": "condition", "concept_ids": [GI_BLEEDING]}),
+            "codelist": str(d / "gi_bleeding.csv"), "cohort_outcome": str(d / "gi_bleeding_cohort.json")}
+
+
+def test_gibleed_data_driven_covariates_match_sql(gibleed, gibleed_inputs):
+    "On a real vocabulary: the indicators chosen in the database are those plain SQL finds, and their values in the dataset agree."
+    import duckdb
+    from healthbench.cdm import connect
+    from healthbench.cohort import Cohort, generate
+    from healthbench.features import data_driven_covariates, extract, indicator_name, parse_outcome
+    with connect(str(gibleed)) as cdm:
+        result = generate(cdm, Cohort.from_json(Path(gibleed_inputs["cohort"]).read_text()))
+        dd = data_driven_covariates(cdm, result)
+        data = extract(cdm, result, dd, parse_outcome(gibleed_inputs["short"], (1, 365)))
+        tables = set(cdm.tables)
+    assert len(data) == 1800 and 300 < data.outcome.sum() < 400, "GiBleed's celecoxib new users and their GI bleeds"
+    con = duckdb.connect(str(gibleed), read_only=True)
+    con.register("k", data[["person_id", "cohort_start_date"]])
+    n = data.person_id.nunique()
+    floor = max(10, -(-n // 100))
+    want = []
+    for domain, table, ccol, dcol in [("condition", "condition_occurrence", "condition_concept_id", "condition_start_date"),
+                                      ("drug", "drug_exposure", "drug_concept_id", "drug_exposure_start_date"),
+                                      ("procedure", "procedure_occurrence", "procedure_concept_id", "procedure_date"),
+                                      ("measurement", "measurement", "measurement_concept_id", "measurement_date")]:
+        if table not in tables: continue       # procedure_occurrence: reachable once connect() opens every OMOP table
+        want += [(domain, c, n_, indicator_name(domain, c, name)) for c, n_, name in con.execute(f"""
+            select e.{ccol} c, count(distinct e.person_id) n, any_value(concept_name) from {table} e
+            join k on e.person_id = k.person_id left join concept on concept_id = e.{ccol}
+            where e.{ccol} <> 0 and e.{dcol} between k.cohort_start_date::date - 365 and k.cohort_start_date::date
+            group by 1 having n >= {floor} and n <= {n - floor} order by n desc, c limit 10""").fetchall()]
+    con.close()
+    assert [(r.domain, r.concept_id, r.persons, r.name) for r in dd.concepts.itertuples()] == want
+    assert {"condition", "drug", "measurement"} <= set(dd.concepts.domain)
+    assert CELECOXIB not in set(dd.concepts.concept_id)
+    assert dd.names[:4] == ["age", "sex", "ethnicity", "prior_observation_days"]        # no IMD in GiBleed, and a note says so
+    assert any(n.startswith("imd_quintile: no IMD record") for n in dd.notes)
+    for r in dd.concepts.itertuples():
+        assert data[data[r.name] == 1].person_id.nunique() == r.persons
+
+
+def test_gibleed_parameters_checked_against_its_vocabulary(gibleed_inputs, tmp_path):
+    "On a CDM that is not the synthetic one, the examples are refused and concepts are checked, before any kernel starts."
+    g = gibleed_inputs
+    t0 = time.perf_counter()
+    for name, params, error, message in [
+            ("characterise", {}, InputError, "'cohort_json' and 'outcome' must be given on"),
+            ("predict", {"outcome": g["short"]}, InputError, "'cohort_json' must be given on"),
+            ("survival", {"cohort_json": g["cohort"]}, InputError, "'outcome' must be given on"),
+            ("predict", {"cohort_json": g["cohort"], "outcome": "condition:201826"}, ConceptError,   # type 2 diabetes: not in GiBleed
+             r"parameter 'outcome': concept set 'condition 201826': 1 concept ids not in this CDM's vocabulary: \[201826\]"),
+            ("characterise", {"cohort_json": g["cohort"], "outcome": g["short"], "group": "imd_quintile"}, InputError,
+             "parameter 'group': this CDM records no imd_quintile")]:
+        with pytest.raises(error, match=message):
+            run(name, {"cdm_path": g["cdm"], **params}, tmp_path / "run")
+    assert time.perf_counter() - t0 < 15 and not (tmp_path / "run").exists()
+
+
+GIBLEED_RUNS = {   # template -> its parameters besides the CDM (the outcome in a different form each time)
+    "characterise": {"cohort_json": "cohort", "outcome": "short", "outcome_days": "365"},
+    "predict": {"cohort_json": "cohort", "outcome": "json", "horizon_days": "365", "folds": "3"},
+    "survival": {"cohort_json": "cohort", "outcome": "codelist", "horizon_days": "365", "step_days": "30"},
+    "explain": {"predict_run": "predict", "rows": "500"},
+    "fairness": {"cohort_json": "cohort", "outcome": "cohort_outcome", "horizon_days": "365", "n_boot": "50", "threshold": "0.2"},
+}
+
+
+@pytest.fixture(scope="module")
+def gibleed_runs(gibleed_inputs, tmp_path_factory) -> dict[str, tuple]:
+    """The five templates run on GiBleed from the CLI with `default` covariates, then `healthbench verify`, two at a time (CI
+    has two cores); each in its own project folder, so no run's release ledger depends on which finished first."""
+    from concurrent.futures import ThreadPoolExecutor
+    base, ran = tmp_path_factory.mktemp("gibleed_runs"), {}
+    folder = {name: base / name / "run" for name in GIBLEED_RUNS}
+
+    def one(name):
+        if name == "explain": ran["predict"].result()        # explains the predict run's model
+        args = [EXE, "run", name, "--out", str(folder[name]), "--quiet"] + (["-p", "cdm_path", gibleed_inputs["cdm"]] if name != "explain" else [])
+        for k, v in GIBLEED_RUNS[name].items():
+            args += ["-p", k, str(folder[v]) if k == "predict_run" else gibleed_inputs.get(v, v)]
+        r = subprocess.run(args, capture_output=True, text=True, timeout=900)
+        v = subprocess.run([EXE, "verify", str(folder[name]), "--quiet"], capture_output=True, text=True, timeout=900) if r.returncode == 0 else None
+        return folder[name], r, v
+    with ThreadPoolExecutor(2) as ex:
+        for name in ("predict", "characterise", "survival", "fairness", "explain"):     # predict first: explain waits for it
+            ran[name] = ex.submit(one, name)
+        return {name: f.result() for name, f in ran.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(GIBLEED_RUNS))
+def test_gibleed_templates_run_pass_disclosure_control_and_verify(name, gibleed_runs):
+    run_dir, p, v = gibleed_runs[name]
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "succeeded"
+    if name != "explain":        # explain used the predict run's model
+        assert m["outcome"]["concept_set"]["include"] == [GI_BLEEDING] or m["outcome"]["concept_set"]["codes"] == {"SNOMED": ["74474003"]}
+        assert m["covariates"]["source"] == "data-driven" and len(m["covariates"]["concepts"]) >= 10
+    log = json.loads((run_dir / "outputs" / "output_log.json").read_text())["results"]
+    assert log and all(r["status"] == "pass" for r in log.values()), {r["properties"]["name"]: r["status"] for r in log.values()}
+    bundle = run_dir / "release"
+    assert verify_bundle(bundle) == []
+    released = {r["properties"]["name"] for r in json.loads((bundle / "results.json").read_text())["results"].values()}
+    assert {"characterise": {"attrition", "table1", "incidence_overall", "incidence_ethnicity"}, "predict": {"metrics", "split"},
+            "survival": {"cox_hazard_ratios", "km_sex"}, "explain": {"importance"}, "fairness": {"subgroup_report"}}[name] <= released
+    assert v.returncode == 0 and "all result tables identical" in v.stdout, v.stdout + v.stderr
