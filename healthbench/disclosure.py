@@ -366,9 +366,48 @@ def _components(unknown: set, eqs: list) -> dict:
     for c in unknown: groups.setdefault(root(c), []).append(c)
     return {c: groups[root(c)] for c in unknown}
 
+def _highs():
+    "A silent HiGHS solver (the first one made in a process prints a banner on the C-level stdout: sent to /dev/null)."
+    import highspy, os, sys
+    global _BANNER_DONE
+    if globals().get("_BANNER_DONE"): h = highspy.Highs()
+    else:
+        sys.stdout.flush()
+        saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(null, 1); h = highspy.Highs()
+        finally:
+            os.dup2(saved, 1); os.close(saved); os.close(null)
+        _BANNER_DONE = True
+    h.setOptionValue("output_flag", False)
+    return h
+
+class _Programme:
+    "One component's equations as a HiGHS model, solved for the min and max of one cell after another (only the objective changes)."
+    def __init__(self, A: np.ndarray, b: np.ndarray):
+        import highspy
+        self.h, self.n = _highs(), A.shape[1]
+        inf = highspy.kHighsInf
+        self.h.addVars(self.n, np.zeros(self.n), np.full(self.n, inf))
+        for row, rhs in zip(A, b):
+            nz = np.flatnonzero(row).astype(np.int32)
+            self.h.addRow(rhs, rhs, len(nz), nz, row[nz])
+
+    def range(self, k: int) -> tuple[float, float]:
+        import highspy
+        out = []
+        for sign in (1.0, -1.0):
+            self.h.changeColsCost(1, np.array([k], dtype=np.int32), np.array([sign]))
+            self.h.run()
+            status = self.h.getModelStatus()
+            if status == highspy.HighsModelStatus.kOptimal: out.append(sign * self.h.getInfo().objective_function_value)
+            elif status == highspy.HighsModelStatus.kUnbounded: out.append(math.inf if sign < 0 else 0.0)
+            else: raise DisclosureError(f"could not solve the protection problem ({self.h.modelStatusToString(status)})")
+        self.h.changeColsCost(1, np.array([k], dtype=np.int32), np.array([0.0]))
+        return out[0], out[1]
+
 def intervals(values: dict, unknown, eqs: list, targets=None) -> dict:
     "For each target cell (default: every unknown one), the (min, max) it can take given the known cells' values, the equations and counts >= 0."
-    from scipy.optimize import linprog
     unknown = set(unknown)
     targets = sorted(unknown, key=repr) if targets is None else [t for t in targets if t in unknown]
     comp, out, systems = _components(unknown, eqs), {}, {}
@@ -378,18 +417,10 @@ def intervals(values: dict, unknown, eqs: list, targets=None) -> dict:
             cells = sorted(comp[t], key=repr)
             members = set(cells)
             sub = [e for e in eqs if any(c in members for c in list(e[0]) + [e[1]])]
-            systems[key] = (cells, *_linear_system(values, cells, sub))
-        cells, A, b = systems[key]
-        if len(A) == 0: out[t] = (0.0, math.inf); continue
-        k = cells.index(t)
-        lo_hi = []
-        for sign in (1, -1):
-            obj = np.zeros(len(cells)); obj[k] = sign
-            res = linprog(obj, A_eq=A, b_eq=b, bounds=(0, None), method="highs")
-            if res.status == 3: lo_hi.append(math.inf if sign == -1 else 0.0)      # unbounded
-            elif res.status != 0: raise DisclosureError(f"could not solve the protection problem ({res.message})")
-            else: lo_hi.append(sign * res.fun)
-        out[t] = (lo_hi[0], lo_hi[1])
+            A, b = _linear_system(values, cells, sub)
+            systems[key] = (cells, _Programme(A, b) if len(A) else None)
+        cells, lp = systems[key]
+        out[t] = (0.0, math.inf) if lp is None else lp.range(cells.index(t))
     return out
 
 def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width: float = 1.0, *,
@@ -416,12 +447,13 @@ def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width
             if len(u) == 1 and u[0] in sensitive:
                 pool = sorted((c for c in cells if c in hideable and c not in hidden), key=rank)
                 if pool: hidden.add(pool[0]); changed = True
-    # exact pass: linear programmes, until every sensitive cell's interval is wide enough
+    # exact pass: linear programmes, until every sensitive cell's interval is wide enough. Hiding more only widens
+    # intervals, so a cell wide enough stays so, and only cells linked to the last one hidden need solving again.
+    wide = lambda cs: {c for c, (lo, hi) in intervals(values, unknown(), eqs, targets=cs).items() if hi - lo < width - 1e-9}
+    bad = wide(sensitive)
     while True:
-        r = intervals(values, unknown(), eqs, targets=sensitive)
-        bad = sorted((c for c, (lo, hi) in r.items() if hi - lo < width - 1e-9), key=repr)
         if not bad: return hidden
-        c = bad[0]
+        c = min(bad, key=repr)
         comp = _components(unknown(), eqs)[c]
         pool = sorted({x for u in comp for e in touching.get(u, []) for x in list(e[0]) + [e[1]]
                        if x in hideable and x not in hidden}, key=rank)
@@ -434,6 +466,8 @@ def protect_cells(values: dict, published: set, sensitive: set, eqs: list, width
             return min(hi - lo, width)
         best = max(pool[:12], key=lambda x: (gain(x), -pool.index(x)))     # the candidate that widens it most (ties: cheapest)
         hidden.add(best)
+        linked = set(_components(unknown(), eqs)[best])
+        bad = (bad - linked) | wide(bad & linked)
 
 def protect(values: pd.DataFrame, primary: pd.DataFrame, relations: list | None = None, width: float = 1.0) -> pd.DataFrame:
     "Primary plus secondary suppression: a mask under which every hidden primary cell of `values` has a feasible interval at least `width` wide."
