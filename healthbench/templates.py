@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import ConceptError, HealthbenchError, InputError, Interrupted, TemplateError, TemplateRunError
+from .errors import ConceptError, EmptyConceptSetWarning, HealthbenchError, InputError, Interrupted, TemplateError, TemplateRunError
 
 # %% auto #0
 __all__ = ['TEMPLATE_DIR', 'GROUPS', 'MODELS', 'COVARIATE_SETS', 'CLAIM_FILE', 'SYNTHETIC_SOURCE', 'OUTCOME_CONCEPTS',
@@ -226,8 +227,13 @@ def _check_on_cdm(full: dict, cohort, outcome, covariates: list):
             if EVENT_TABLES[domain][0] not in tables:
                 raise InputError(f"parameter {what}: this CDM has no {EVENT_TABLES[domain][0]} table, so no {domain} events")
         for what, cs in named:
-            try: resolve(cdm, cs)
-            except ConceptError as e: raise ConceptError(f"parameter {what}: {e}", unknown=e.unknown) from None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", EmptyConceptSetWarning)
+                try: ids = resolve(cdm, cs)
+                except ConceptError as e: raise ConceptError(f"parameter {what}: {e}", unknown=e.unknown) from None
+            if not ids:       # a set that matches nothing here would give an empty analysis: refuse before the kernel
+                why = next((str(w.message) for w in caught if issubclass(w.category, EmptyConceptSetWarning)), f"concept set {cs.name!r} resolves to no concepts")
+                raise ConceptError(f"parameter {what}: {why}")
         group = full.get("group")
         if path and group in ("ethnicity", "imd_quintile") and not _has_group_data(cdm, group):
             raise InputError(f"parameter 'group': this CDM records no {group} (healthbench reads "
