@@ -113,10 +113,10 @@ class ConceptSet:
 
     def circe_items(self) -> list[ConceptSetItem]:
         "The set as Circe items: its own items, or one per included and excluded id with the set's descendants flag."
-        if self.items or not (self.include or self.exclude): return list(self.items)
         if any(self.codes.values()):
             raise InputError(f"concept set {self.name!r} holds vocabulary codes, which a Circe concept set cannot: Circe "
                              "items are concept ids (resolve the codes to ids first)")
+        if self.items: return list(self.items)
         return [ConceptSetItem(i, False, self.descendants) for i in self.include] + \
                [ConceptSetItem(i, True, self.descendants) for i in self.exclude]
 
