@@ -79,39 +79,32 @@ def _natural_end(kind: str, row: dict, start: dt.date | None, end_col: str | Non
 
 # ---------------------------------------------------------------------------------------------------- concept sets
 @dataclass
-class ConceptSetItem:
-    "One item of a Circe concept set expression."
+class Item:
+    "One item of a Circe concept set expression, as this evaluator reads it."
     concept_id: int
     include_descendants: bool = False
     is_excluded: bool = False
     include_mapped: bool = False
 
 
-@dataclass
-class CirceConceptSet:
-    "A Circe concept set: its id (what `CodesetId` names) and its items."
-    id: int
-    name: str = ""
-    items: list[ConceptSetItem] = field(default_factory=list)
-
-
-def concept_set_items(cs, position: int) -> tuple[int, list[ConceptSetItem]]:
-    """The Circe id and items of a concept set given as a `CirceConceptSet`, as Circe JSON (`{"id", "expression":
-    {"items"}}`), or as a `healthbench.concepts.ConceptSet` (its `id`/`circe_id` attribute, else its position; every
-    included id with its descendants if `descendants`, every excluded id likewise)."""
+def concept_set_items(cs, position: int) -> tuple[int, list[Item]]:
+    """The Circe id and items of a concept set: a `healthbench.concepts.ConceptSet` (its `circe_id`, else its position
+    in the expression; its `items`, else one item per included and per excluded id with the set's `descendants`), or
+    a concept set as Circe JSON (`{"id", "expression": {"items": [{"concept": {"CONCEPT_ID"}, ...}]}}`)."""
     if isinstance(cs, dict):
-        items = [ConceptSetItem(int(it["concept"]["CONCEPT_ID"]), bool(it.get("includeDescendants")),
-                                bool(it.get("isExcluded")), bool(it.get("includeMapped")))
+        items = [Item(int(it["concept"]["CONCEPT_ID"]), bool(it.get("includeDescendants")),
+                      bool(it.get("isExcluded")), bool(it.get("includeMapped")))
                  for it in (cs.get("expression") or {}).get("items", [])]
         return int(cs["id"]), items
-    if hasattr(cs, "items") and not hasattr(cs, "include"):
-        return int(cs.id), [ConceptSetItem(i.concept_id, bool(i.include_descendants), bool(i.is_excluded),
-                                           bool(getattr(i, "include_mapped", False))) for i in cs.items]
     if getattr(cs, "codes", None) and any(cs.codes.values()):
         raise NotImplementedError("concept sets given by vocabulary codes: resolve them to concept ids first")
-    cid = next((getattr(cs, a) for a in ("circe_id", "id", "codeset_id") if getattr(cs, a, None) is not None), position)
-    items = [ConceptSetItem(c, cs.descendants) for c in cs.include]
-    items += [ConceptSetItem(c, cs.descendants, is_excluded=True) for c in cs.exclude]
+    cid = getattr(cs, "circe_id", None)
+    cid = position if cid is None else cid
+    if getattr(cs, "items", None):
+        return int(cid), [Item(int(i.concept_id), bool(i.include_descendants), bool(i.is_excluded),
+                               bool(getattr(i, "include_mapped", False))) for i in cs.items]
+    items = [Item(c, bool(cs.descendants)) for c in cs.include]
+    items += [Item(c, bool(cs.descendants), is_excluded=True) for c in cs.exclude]
     return int(cid), items
 
 
@@ -135,7 +128,7 @@ def resolve_codesets(cdm: "Cdm", concept_sets: list) -> dict[int, set[int]]:
                 out.add(d)
         return out
 
-    def polarity(items: list[ConceptSetItem]) -> set[int]:
+    def polarity(items: list[Item]) -> set[int]:
         if not items:
             return set()
         out = plain_and_descendants([i.concept_id for i in items],
