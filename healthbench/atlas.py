@@ -15,7 +15,7 @@ from .cohort import (Cohort, EntryEvent, Demographics, InclusionRule, Exit, Crit
                                 ValueRange, MAX_AGE, MAX_COUNT, _Reader, _check_depth, _kind, _load_json)
 
 # %% auto #0
-__all__ = ['from_atlas']
+__all__ = ['from_atlas', 'read_expression']
 
 # %% ../nbs/05a_atlas.ipynb #d7ded896
 _DOMAIN = {"ConditionOccurrence": "condition", "DrugExposure": "drug", "Measurement": "measurement",
@@ -281,3 +281,424 @@ def _flatten(rule):
     if isinstance(rule, Group):
         return [c for i in rule.items for c in _flatten(i)]
     return [rule]
+
+# %% ../nbs/05a_atlas.ipynb #a1c1r001
+# ---- reading a Circe expression into healthbench.expression ----------------------------------------------------------
+import datetime as _dt, math
+
+from .expression import (KINDS, NUMERIC_OPS, TEXT_OPS, CohortExpression, PrimaryCriteria, ObservationWindow, Criteria,
+                         CriteriaGroup, CorrelatedCriteria, Window as CirceWindow, WindowBound, Occurrence, DemographicCriteria,
+                         InclusionRule as CirceRule, DateOffsetStrategy, CustomEraStrategy, CollapseSettings, NumericRange,
+                         DateRange, TextFilter, Period, ConceptSetSelection, DateAdjustment, MAX_DAYS as _MAX_DAYS,
+                         MAX_COUNT as _MAX_COUNT, MAX_VALUE as _MAX_VALUE, LIMITS, GROUP_TYPES, COUNT_COLUMNS, DATE_FIELDS)
+from .concepts import ConceptSetItem
+from .cohort import _p
+
+def _norm(key) -> str:
+    "A field name as Circe matches it: case and underscores do not count (ConditionTypeCS = conditionTypeCs = condition_type_cs)."
+    return key.replace("_", "").lower() if isinstance(key, str) else ""
+
+# Circe's criteria kinds healthbench's model does not hold yet (circepy has them; none is in the PhenotypeLibrary sample)
+_OTHER_CIRCE_KINDS = {"locationregion": "LocationRegion", "episode": "Episode", "customera": "CustomEra"}
+_KIND_BY_NORM = {_norm(k): k for k in KINDS}
+_ATTR_BY_NORM = {kind: {_norm(a): a for a in k.attrs} for kind, k in KINDS.items()}
+_NO_FIRST = {"Death"}   # Circe's Death criteria has no First
+_CONCEPT_FIELDS = {"conceptname", "conceptcode", "conceptclassid", "standardconcept", "invalidreason", "domainid",
+                   "vocabularyid", "standardconceptcaption", "invalidreasoncaption", "validstartdate", "validenddate"}
+
+def _meaningless(v) -> bool:
+    "What ATLAS writes for 'not set': null, false, an empty list, an empty object or empty text."
+    return v is None or v is False or (isinstance(v, (list, dict, str)) and not v)
+
+class _Atlas:
+    "Reads one Circe expression; every error names the JSON path of the field."
+    def __init__(self): self.ignored, self.codesets = [], set()
+
+    def fail(self, path, msg): raise CohortDefinitionError(msg, path=path)
+    def unsupported(self, path, msg): raise UnsupportedAtlasFeature(msg, path=path)
+
+    def fields(self, d, path, known: dict, what: str, optional: bool = False) -> dict:
+        """`d`'s fields as {name: (value, path)} for the names of `known` ({normalised key: name}); a field Circe does not
+        have is refused unless its value means 'not set' (then it is listed in `info['ignored']`)."""
+        if d is None and optional: return {}
+        if not isinstance(d, dict): self.fail(path, f"expected an object ({what}), got {_kind(d)}")
+        out = {}
+        for k, v in d.items():
+            p = _p(path, k)
+            name = known.get(_norm(k))
+            if name is None:
+                if _meaningless(v): self.ignored.append(p); continue
+                self.unsupported(p, f"not a field of Circe's {what}; its fields are {sorted(set(known.values()))}")
+            if name in out:
+                self.fail(p, f"given twice, as {out[name][1].rsplit('.', 1)[-1]} and {k} (Circe does not tell case and underscores apart)")
+            out[name] = (v, p)
+        return out
+
+    # ---- values ----
+    def int_(self, v, path, lo=None, hi=None, default=None):
+        if v is None:
+            if default is None: self.fail(path, "required field is missing")
+            return default
+        if isinstance(v, float) and v.is_integer(): v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int): self.fail(path, f"expected a whole number, got {_kind(v)}")
+        if lo is not None and v < lo: self.fail(path, f"must be at least {lo}, got {_show(v)}")
+        if hi is not None and v > hi: self.fail(path, f"must be at most {hi}, got {_show(v)}")
+        return v
+
+    def days(self, v, path, lo=-_MAX_DAYS, default=None): return self.int_(v, path, lo, _MAX_DAYS, default)
+
+    def flag(self, v, path) -> bool:
+        if v is not None and not isinstance(v, bool): self.fail(path, f"expected true or false, got {_kind(v)}")
+        return bool(v)
+
+    def text(self, v, path, default=None):
+        if v is None: return default
+        if not isinstance(v, str): self.fail(path, f"expected a string, got {_kind(v)}")
+        return v
+
+    def num(self, v, path):
+        if isinstance(v, bool) or not isinstance(v, (int, float)): self.fail(path, f"expected a number, got {_kind(v)}")
+        if isinstance(v, float) and not math.isfinite(v): self.fail(path, f"expected a finite number, got {v}")
+        if not -_MAX_VALUE <= v <= _MAX_VALUE: self.fail(path, f"must be between {-_MAX_VALUE:g} and {_MAX_VALUE:g}, got {_show(v)}")
+        return v
+
+    def date(self, v, path):
+        if not isinstance(v, str): self.fail(path, f"expected a date as text (YYYY-MM-DD), got {_kind(v)}")
+        try:
+            if len(v) != 10: raise ValueError
+            _dt.date.fromisoformat(v)
+        except ValueError: self.fail(path, f"expected a date YYYY-MM-DD, got {_show(v)}")
+        return v
+
+    def choice(self, v, path, choices, what):
+        "`v` matched case-insensitively to one of `choices`, as Circe compares them."
+        if not isinstance(v, str): self.fail(path, f"expected {what} ({', '.join(choices)}), got {_kind(v)}")
+        for c in choices:
+            if v.lower() == c.lower(): return c
+        self.fail(path, f"{_show(v)} is not {what}; Circe's are {list(choices)}")
+
+    def codeset(self, v, path):
+        cid = self.int_(v, path)
+        if cid not in self.codesets:
+            self.fail(path, f"no concept set has id {_show(cid)}; the concept set ids are {sorted(self.codesets)}")
+        return cid
+
+    def concepts(self, v, path) -> list[int]:
+        "A list of ATLAS concept objects -> their concept ids."
+        if not isinstance(v, list): self.fail(path, f"expected a list of concepts, got {_kind(v)}")
+        return [self.concept(c, f"{path}[{i}]")[0] for i, c in enumerate(v)]
+
+    def concept(self, c, path) -> tuple[int, dict]:
+        "An ATLAS concept object -> (its id, its other fields as written)."
+        if not isinstance(c, dict): self.fail(path, f"expected a concept object, got {_kind(c)}")
+        cid, meta = None, {}
+        for k, v in c.items():
+            if _norm(k) == "conceptid": cid = v
+            elif _norm(k) in _CONCEPT_FIELDS or _meaningless(v): meta[k] = v
+            else: self.unsupported(_p(path, k), "not a field of an OMOP concept")
+        if cid is None: self.fail(_p(path, "CONCEPT_ID"), "required field is missing: a concept is named by its id")
+        problem = _concept_id_problem(cid)
+        if problem: self.fail(_p(path, "CONCEPT_ID"), problem)
+        return cid, meta
+
+    def numeric(self, v, path) -> NumericRange | None:
+        f = self.fields(v, path, {"op": "op", "value": "value", "extent": "extent"}, "NumericRange")
+        op, value, extent = (f.get(k, (None, _p(path, k.title())))[0] for k in ("op", "value", "extent"))
+        if op is None and value is None and extent is None: self.ignored.append(path); return None
+        op = self.choice(op, f.get("op", (None, _p(path, "Op")))[1], NUMERIC_OPS, "a numeric operator")
+        if value is None: self.fail(_p(path, "Value"), "required field is missing")
+        value = self.num(value, f["value"][1])
+        if op.endswith("bt"):
+            if extent is None: self.fail(_p(path, "Extent"), f"required field is missing: '{op}' needs a Value and an Extent")
+            return NumericRange(op, value, self.num(extent, f["extent"][1]))
+        if extent is not None: self.ignored.append(f["extent"][1])
+        return NumericRange(op, value)
+
+    def date_range(self, v, path) -> DateRange | None:
+        f = self.fields(v, path, {"op": "op", "value": "value", "extent": "extent"}, "DateRange")
+        op, value, extent = (f.get(k, (None,))[0] for k in ("op", "value", "extent"))
+        if op is None and value is None and extent is None: self.ignored.append(path); return None
+        op = self.choice(op, f.get("op", (None, _p(path, "Op")))[-1], NUMERIC_OPS, "a date operator")
+        if value is None: self.fail(_p(path, "Value"), "required field is missing")
+        value = self.date(value, f["value"][1])
+        if op.endswith("bt"):
+            if extent is None: self.fail(_p(path, "Extent"), f"required field is missing: '{op}' needs a Value and an Extent")
+            return DateRange(op, value, self.date(extent, f["extent"][1]))
+        if extent is not None: self.ignored.append(f["extent"][1])
+        return DateRange(op, value)
+
+    def text_filter(self, v, path) -> TextFilter | None:
+        f = self.fields(v, path, {"op": "op", "text": "text"}, "TextFilter")
+        op, text = (f.get(k, (None,))[0] for k in ("op", "text"))
+        if op is None and text is None: self.ignored.append(path); return None
+        if text is None: self.fail(_p(path, "Text"), "required field is missing: the text to match")
+        return TextFilter(self.choice(op, f.get("op", (None, _p(path, "Op")))[-1], TEXT_OPS, "a text operator"),
+                          self.text(text, f["text"][1]))
+
+    def period(self, v, path) -> Period | None:
+        if v is None: return None
+        f = self.fields(v, path, {"startdate": "start_date", "enddate": "end_date"}, "Period")
+        s, e = (f.get(k, (None,))[0] for k in ("start_date", "end_date"))
+        if s is None and e is None: return None
+        return Period(None if s is None else self.date(s, f["start_date"][1]), None if e is None else self.date(e, f["end_date"][1]))
+
+    def cs(self, v, path) -> ConceptSetSelection | None:
+        f = self.fields(v, path, {"codesetid": "codeset_id", "isexclusion": "is_exclusion"}, "ConceptSetSelection")
+        if not f or all(x is None for x, _ in f.values()): self.ignored.append(path); return None
+        if f.get("codeset_id", (None,))[0] is None: self.fail(_p(path, "CodesetId"), "required field is missing")
+        return ConceptSetSelection(self.codeset(*f["codeset_id"]), self.flag(*f.get("is_exclusion", (False, ""))))
+
+    def attr(self, kind: str, value, path):
+        "One attribute of a criteria, by its KINDS type; None when it says nothing (null, false, [])."
+        if value is None or value is False or value == []: return None
+        reader = {"concepts": self.concepts, "cs": self.cs, "codeset": self.codeset, "numeric": self.numeric,
+                  "date": self.date_range, "text": self.text_filter, "period": self.period, "flag": self.flag}[kind]
+        v = reader(value, path)
+        return v if v not in ([], False) else None
+
+    # ---- criteria ----
+    def criteria(self, d, path) -> Criteria:
+        if not isinstance(d, dict): self.fail(path, f"expected a criteria object such as {{\"ConditionOccurrence\": {{...}}}}, got {_kind(d)}")
+        if len(d) != 1:
+            self.fail(path, f"a criteria object has exactly one field, its kind (e.g. ConditionOccurrence); got {_show(list(d))}")
+        (key, body), = d.items()
+        kind = _KIND_BY_NORM.get(_norm(key))
+        p = _p(path, key)
+        if kind is None:
+            if _norm(key) in _OTHER_CIRCE_KINDS:
+                self.unsupported(p, f"{_OTHER_CIRCE_KINDS[_norm(key)]} criteria are not in healthbench's model (nor in ATLAS's editor)")
+            self.unsupported(p, f"not a kind of Circe criteria; the kinds are {sorted(KINDS)}")
+        spec = KINDS[kind]
+        known = dict(_ATTR_BY_NORM[kind]) | {"first": "first", "correlatedcriteria": "correlated_criteria",
+                                             "dateadjustment": "date_adjustment"}
+        if spec.concept is not None: known["codesetid"] = "codeset_id"
+        f = self.fields(body, p, known, f"{kind} criteria", optional=True)
+        c = Criteria(kind)
+        for name, (v, fp) in f.items():
+            if name == "codeset_id": c.codeset_id = None if v is None else self.codeset(v, fp)
+            elif name == "first":
+                c.first = self.flag(v, fp)
+                if c.first and kind in _NO_FIRST: self.unsupported(fp, f"Circe's {kind} criteria has no First")
+            elif name == "correlated_criteria": c.correlated_criteria = None if v is None else self.group(v, fp)
+            elif name == "date_adjustment": c.date_adjustment = None if v is None else self.date_adjustment(v, fp)
+            else:
+                a = self.attr(spec.attrs[name][0], v, fp)
+                if a is not None: c.attrs[name] = a
+        return c
+
+    def date_adjustment(self, v, path) -> DateAdjustment:
+        f = self.fields(v, path, {"startwith": "start_with", "startoffset": "start_offset", "endwith": "end_with",
+                                  "endoffset": "end_offset"}, "DateAdjustment")
+        g = lambda k: f.get(k, (None, _p(path, k)))
+        return DateAdjustment(self.choice(g("start_with")[0] or "START_DATE", g("start_with")[1], DATE_FIELDS, "a date field"),
+                              self.days(g("start_offset")[0], g("start_offset")[1], default=0),
+                              self.choice(g("end_with")[0] or "END_DATE", g("end_with")[1], DATE_FIELDS, "a date field"),
+                              self.days(g("end_offset")[0], g("end_offset")[1], default=0))
+
+    def bound(self, v, path) -> WindowBound:
+        "A window bound: Days (null: unbounded, up to the observation period's start with Coeff -1, its end with Coeff +1)."
+        if v is None: self.fail(path, "required field is missing: a window needs its Start and End bounds")
+        f = self.fields(v, path, {"days": "days", "coeff": "coeff"}, "WindowBound")
+        days = f.get("days", (None,))[0]
+        coeff = f.get("coeff", (None,))[0]
+        if coeff is None:
+            if days is not None: self.fail(_p(path, "Coeff"), "required field is missing: -1 (days before) or 1 (days after)")
+            coeff = 1   # Circe's default coefficient 0 is not -1: an unbounded side then reaches the observation period's end
+        elif isinstance(coeff, bool) or coeff not in (-1, 1):
+            self.fail(f["coeff"][1], f"expected -1 (days before) or 1 (days after), got {_kind(coeff)}")
+        return WindowBound(None if days is None else self.days(days, f["days"][1]), int(coeff))
+
+    def window(self, v, path, end_window: bool = False) -> CirceWindow:
+        f = self.fields(v, path, {"start": "start", "end": "end", "useindexend": "use_index_end", "useeventend": "use_event_end"},
+                        "Window")
+        g = lambda k: f.get(k, (None, _p(path, k.title())))
+        use_event_end = g("use_event_end")[0]
+        return CirceWindow(self.bound(*g("start")), self.bound(*g("end")),
+                      self.flag(*g("use_index_end")),
+                      # Circe reads a missing UseEventEnd of an EndWindow as true (older definitions), of a StartWindow as false
+                      (True if use_event_end is None else self.flag(use_event_end, g("use_event_end")[1])) if end_window
+                      else self.flag(use_event_end, g("use_event_end")[1]))
+
+    def occurrence(self, v, path) -> Occurrence:
+        f = self.fields(v, path, {"type": "type", "count": "count", "isdistinct": "is_distinct", "countcolumn": "count_column"},
+                        "Occurrence")
+        g = lambda k: f.get(k, (None, _p(path, k.title())))
+        t = self.int_(*g("type"))
+        if t not in (0, 1, 2): self.fail(g("type")[1], f"expected 0 (exactly), 1 (at most) or 2 (at least), got {_show(t)}")
+        distinct = self.flag(*g("is_distinct"))
+        column = g("count_column")[0]
+        if column is not None:
+            column = self.choice(column, g("count_column")[1], COUNT_COLUMNS, "a count column")
+            if not distinct: self.ignored.append(g("count_column")[1]); column = None
+        return Occurrence(t, self.int_(g("count")[0], g("count")[1], 0, _MAX_COUNT), distinct, column)
+
+    def correlated(self, v, path) -> CorrelatedCriteria:
+        f = self.fields(v, path, {"criteria": "criteria", "startwindow": "start_window", "endwindow": "end_window",
+                                  "restrictvisit": "restrict_visit", "ignoreobservationperiod": "ignore_observation_period",
+                                  "occurrence": "occurrence"}, "correlated criteria")
+        if f.get("criteria", (None,))[0] is None: self.fail(_p(path, "Criteria"), "required field is missing")
+        g = lambda k: f.get(k, (None, ""))
+        sw, ew, occ = g("start_window")[0], g("end_window")[0], g("occurrence")[0]
+        return CorrelatedCriteria(self.criteria(*f["criteria"]),
+                                  CirceWindow() if sw is None else self.window(sw, f["start_window"][1]),
+                                  None if ew is None else self.window(ew, f["end_window"][1], end_window=True),
+                                  self.flag(*g("restrict_visit")), self.flag(*g("ignore_observation_period")),
+                                  Occurrence(2, 1) if occ is None else self.occurrence(occ, f["occurrence"][1]))
+
+    def demographic(self, v, path) -> DemographicCriteria:
+        known = {"age": "age", "gender": "gender", "race": "race", "ethnicity": "ethnicity", "gendercs": "gender_cs",
+                 "racecs": "race_cs", "ethnicitycs": "ethnicity_cs", "occurrencestartdate": "occurrence_start_date",
+                 "occurrenceenddate": "occurrence_end_date"}
+        types = {"age": "numeric", "gender": "concepts", "race": "concepts", "ethnicity": "concepts", "gender_cs": "cs",
+                 "race_cs": "cs", "ethnicity_cs": "cs", "occurrence_start_date": "date", "occurrence_end_date": "date"}
+        d = DemographicCriteria()
+        for name, (x, fp) in self.fields(v, path, known, "demographic criteria").items():
+            a = self.attr(types[name], x, fp)
+            if a is not None: setattr(d, name, a)
+        return d
+
+    def group(self, v, path) -> CriteriaGroup:
+        f = self.fields(v, path, {"type": "type", "count": "count", "criterialist": "criteria_list", "groups": "groups",
+                                  "demographiccriterialist": "demographic_criteria_list"}, "criteria group")
+        g = lambda k: f.get(k, (None, _p(path, {"type": "Type", "count": "Count"}.get(k, k))))
+        t = "ALL" if g("type")[0] is None else self.choice(g("type")[0], g("type")[1], GROUP_TYPES, "a group type")
+        count = None
+        if t in ("AT_LEAST", "AT_MOST"): count = self.int_(g("count")[0], g("count")[1], 0, _MAX_COUNT)
+        elif g("count")[0] is not None: self.ignored.append(g("count")[1])
+        def items(k, read):
+            lst = g(k)[0]
+            if lst is None: return []
+            if not isinstance(lst, list): self.fail(g(k)[1], f"expected a list, got {_kind(lst)}")
+            return [read(x, f"{g(k)[1]}[{i}]") for i, x in enumerate(lst)]
+        return CriteriaGroup(t, count, items("criteria_list", self.correlated), items("demographic_criteria_list", self.demographic),
+                             items("groups", self.group))
+
+    def limit(self, v, path, default="First") -> str:
+        f = self.fields(v, path, {"type": "type"}, "limit", optional=True)
+        t = f.get("type", (None,))[0]
+        return default if t is None else self.choice(t, f["type"][1], LIMITS, "a limit")
+
+    def items_list(self, v, path) -> list:
+        if v is None: return []
+        if not isinstance(v, list): self.fail(path, f"expected a list, got {_kind(v)}")
+        return v
+
+    # ---- concept sets ----
+    def concept_sets(self, v, path) -> list[ConceptSet]:
+        out, by_id = [], {}
+        for i, cs in enumerate(self.items_list(v, path)):
+            p = f"{path}[{i}]"
+            f = self.fields(cs, p, {"id": "id", "name": "name", "expression": "expression", "createdby": "meta",
+                                    "createddate": "meta", "modifiedby": "meta", "modifieddate": "meta", "createdbytool": "meta",
+                                    "modifiedbytool": "meta", "tags": "meta", "description": "meta"}, "concept set")
+            if f.get("id", (None,))[0] is None: self.fail(_p(p, "id"), "required field is missing: criteria name a concept set by its id")
+            sid = self.int_(f["id"][0], f["id"][1], 0)
+            if sid in by_id: self.fail(f["id"][1], f"concept set id {sid} is used twice (by ConceptSets[{by_id[sid]}] too)")
+            by_id[sid] = i
+            name = self.text(*f.get("name", (None, "")), default=None)
+            ex = self.fields(f.get("expression", (None,))[0], _p(p, "expression"), {"items": "items"}, "concept set expression",
+                             optional=True)
+            items = []
+            raw = ex.get("items", (None, _p(p, "expression.items")))
+            for k, it in enumerate(self.items_list(*raw)):
+                ip = f"{raw[1]}[{k}]"
+                fi = self.fields(it, ip, {"concept": "concept", "isexcluded": "is_excluded", "includedescendants": "include_descendants",
+                                          "includemapped": "include_mapped"}, "concept set item")
+                if fi.get("concept", (None,))[0] is None: self.fail(_p(ip, "concept"), "required field is missing")
+                cid, meta = self.concept(*fi["concept"])
+                items.append(ConceptSetItem(cid, *(self.flag(*fi.get(k, (None, ""))) for k in ("is_excluded", "include_descendants",
+                                                                                              "include_mapped")), concept=meta))
+            try: out.append(ConceptSet(name if name and name.strip() and "\x00" not in name else f"concept set {sid}",
+                                       on_unknown="warn", items=items, circe_id=sid))
+            except HealthbenchError as e: raise CohortDefinitionError(str(e), path=p) from None
+        self.codesets = set(by_id)
+        return out
+
+    # ---- the expression ----
+    def expression(self, expr) -> tuple[CohortExpression, dict]:
+        names = {"concept_sets": "ConceptSets", "primary_criteria": "PrimaryCriteria", "additional_criteria": "AdditionalCriteria",
+                 "qualified_limit": "QualifiedLimit", "expression_limit": "ExpressionLimit", "inclusion_rules": "InclusionRules",
+                 "end_strategy": "EndStrategy", "censoring_criteria": "CensoringCriteria", "collapse_settings": "CollapseSettings",
+                 "censor_window": "CensorWindow", "cdm_version_range": "cdmVersionRange", "title": "Title"}
+        g = lambda k: f.get(k, (None, names[k]))
+        f = self.fields(expr, "", {_norm(v): k for k, v in names.items()}, "cohort expression")
+        info = {"title": self.text(*g("title")), "cdm_version_range": self.text(*g("cdm_version_range"))}
+        e = CohortExpression()
+        e.concept_sets = self.concept_sets(*f.get("concept_sets", (None, "ConceptSets")))
+        pc, pp = f.get("primary_criteria", (None, "PrimaryCriteria"))
+        if pc is None: self.fail(pp, "required field is missing: the events that start a cohort")
+        fp = self.fields(pc, pp, {"criterialist": "criteria_list", "observationwindow": "observation_window",
+                                  "primarycriterialimit": "limit", "primarylimit": "limit"}, "PrimaryCriteria")
+        cl, clp = fp.get("criteria_list", (None, _p(pp, "CriteriaList")))
+        criteria = [self.criteria(c, f"{clp}[{i}]") for i, c in enumerate(self.items_list(cl, clp))]
+        if not criteria: self.fail(clp, "a cohort needs at least one primary criteria (the events that can start it); the list is empty")
+        ow, owp = fp.get("observation_window", (None, _p(pp, "ObservationWindow")))
+        fw = self.fields(ow, owp, {"priordays": "prior_days", "postdays": "post_days"}, "ObservationWindow", optional=True)
+        window = ObservationWindow(*(self.days(*fw.get(k, (None, "")), lo=0, default=0) for k in ("prior_days", "post_days")))
+        e.primary_criteria = PrimaryCriteria(criteria, window, self.limit(*fp.get("limit", (None, _p(pp, "PrimaryCriteriaLimit")))))
+        ac, acp = g("additional_criteria")
+        e.additional_criteria = None if ac is None else self.group(ac, acp)   # {} is a group (Circe then applies QualifiedLimit)
+        e.qualified_limit, e.expression_limit = self.limit(*g("qualified_limit")), self.limit(*g("expression_limit"))
+        rules, rp = g("inclusion_rules")
+        for i, r in enumerate(self.items_list(rules, rp)):
+            p = f"{rp}[{i}]"
+            fr = self.fields(r, p, {"name": "name", "description": "description", "expression": "expression"}, "inclusion rule")
+            ex, exp_ = fr.get("expression", (None, _p(p, "expression")))
+            e.inclusion_rules.append(CirceRule(self.text(*fr.get("name", (None, "")), default=""),
+                                               CriteriaGroup() if ex is None else self.group(ex, exp_),
+                                               self.text(*fr.get("description", (None, "")), default="")))
+        e.end_strategy = self.end_strategy(*g("end_strategy"))
+        cc, ccp = g("censoring_criteria")
+        e.censoring_criteria = [self.criteria(c, f"{ccp}[{i}]") for i, c in enumerate(self.items_list(cc, ccp))]
+        cs, csp = g("collapse_settings")
+        fc = self.fields(cs, csp, {"collapsetype": "collapse_type", "erapad": "era_pad"}, "CollapseSettings", optional=True)
+        ct = fc.get("collapse_type", (None,))
+        e.collapse_settings = CollapseSettings("ERA" if ct[0] is None else self.choice(ct[0], ct[1], ("ERA",), "a collapse type"),
+                                               self.days(*fc.get("era_pad", (None, "")), lo=0, default=0))
+        e.censor_window = self.period(*g("censor_window"))
+        return e, info
+
+    def end_strategy(self, v, path):
+        f = self.fields(v, path, {"dateoffset": "date_offset", "customera": "custom_era"}, "EndStrategy", optional=True)
+        f = {k: x for k, x in f.items() if x[0] is not None}
+        if not f: return None
+        if len(f) > 1: self.fail(path, "an EndStrategy is either a DateOffset or a CustomEra, not both")
+        (name, (body, p)), = f.items()
+        if name == "date_offset":
+            fo = self.fields(body, p, {"datefield": "date_field", "offset": "offset"}, "DateOffset strategy")
+            df = fo.get("date_field", (None, _p(p, "DateField")))
+            if df[0] is None: self.fail(df[1], "required field is missing: StartDate or EndDate")
+            return DateOffsetStrategy(self.choice(df[0], df[1], ("StartDate", "EndDate"), "a date field"),
+                                      self.days(*fo.get("offset", (None, "")), default=0))
+        fo = self.fields(body, p, {"drugcodesetid": "drug_codeset_id", "gapdays": "gap_days", "offset": "offset",
+                                   "dayssupplyoverride": "days_supply_override"}, "CustomEra strategy")
+        dc = fo.get("drug_codeset_id", (None, _p(p, "DrugCodesetId")))
+        if dc[0] is None: self.fail(dc[1], "required field is missing: the drugs whose era ends the cohort")
+        dso = fo.get("days_supply_override", (None, ""))
+        return CustomEraStrategy(self.codeset(*dc), self.days(*fo.get("gap_days", (None, "")), lo=0, default=0),
+                                 self.days(*fo.get("offset", (None, "")), default=0),
+                                 None if dso[0] is None else self.days(dso[0], dso[1], lo=0))
+
+def _atlas_document(source) -> dict:
+    "The Circe expression (a dict) of `source`, unwrapped from an ATLAS/WebAPI export {name, expression, ...} if it is one."
+    doc = _read(source)
+    _check_depth(doc)
+    if not isinstance(doc, dict): raise CohortDefinitionError(f"expected an ATLAS cohort definition, a JSON object; got {_kind(doc)}")
+    return doc
+
+def read_expression(source) -> tuple[CohortExpression, dict]:
+    """Read a Circe (ATLAS) cohort definition — JSON text, a file path, bytes or a dict, as ATLAS and the PhenotypeLibrary
+    publish it — into a `CohortExpression`. Returns `(expression, info)`: `info` holds what is not the cohort's meaning
+    (`name`, `description`, `title`, `cdm_version_range`, and `ignored`: the paths of fields accepted as 'not set')."""
+    doc = _atlas_document(source)
+    info = {"name": None, "description": None}
+    if "expression" in doc and not any(_norm(k) == "primarycriteria" for k in doc):   # a WebAPI export: metadata + expression
+        info["name"] = doc.get("name") if isinstance(doc.get("name"), str) else None
+        info["description"] = doc.get("description") if isinstance(doc.get("description"), str) else None
+        expr = doc["expression"]
+        if isinstance(expr, str): expr = _load_json(expr, path="expression"); _check_depth(expr, "expression")
+        if not isinstance(expr, dict): raise CohortDefinitionError(f"expected the Circe expression, an object; got {_kind(expr)}", path="expression")
+        doc = expr
+    r = _Atlas()
+    e, more = r.expression(doc)
+    return e, info | more | {"ignored": r.ignored}

@@ -16,8 +16,8 @@ import pandas as pd
 from .errors import HealthbenchError, InputError, ConceptError, UnknownConceptWarning, EmptyConceptSetWarning
 
 # %% auto #0
-__all__ = ['MAX_CONCEPT_ID', 'DOMAINS', 'MAX_SEARCH_ROWS', 'ConceptSet', 'concept_set', 'resolve', 'resolve_many',
-           'from_codelist', 'search_concepts']
+__all__ = ['MAX_CONCEPT_ID', 'DOMAINS', 'MAX_SEARCH_ROWS', 'ConceptSetItem', 'ConceptSet', 'concept_set', 'resolve',
+           'resolve_many', 'from_codelist', 'search_concepts']
 
 # %% ../nbs/04_concepts.ipynb #73674d86
 MAX_CONCEPT_ID = 2**63 - 1   # OMOP concept ids are positive and fit a signed 64-bit integer
@@ -38,14 +38,39 @@ def _concept_id_problem(v) -> str | None:
     return None
 
 @dataclass
+class ConceptSetItem:
+    """One item of a Circe (ATLAS) concept set: a concept, with its descendants (`include_descendants`) and the source
+    concepts that map to it (`include_mapped`), included or, with `is_excluded`, subtracted."""
+    concept_id: int
+    is_excluded: bool = False
+    include_descendants: bool = False
+    include_mapped: bool = False
+    concept: dict = field(default_factory=dict, compare=False)   # ATLAS's record of the concept (CONCEPT_NAME, ...): display only
+
+    def __post_init__(self):
+        problem = _concept_id_problem(self.concept_id)
+        if problem: raise InputError(f"a concept set item's concept_id: {problem}")
+        for f in ("is_excluded", "include_descendants", "include_mapped"):
+            if not isinstance(getattr(self, f), bool): raise InputError(f"concept {self.concept_id}: {f} must be True or False; got {_show(getattr(self, f))}")
+        if not isinstance(self.concept, dict): raise InputError(f"concept {self.concept_id}: concept must be a dict of ATLAS's concept fields; got {_show(self.concept)}")
+
+    def to_dict(self) -> dict:
+        d = {"concept_id": self.concept_id, "is_excluded": self.is_excluded, "include_descendants": self.include_descendants,
+             "include_mapped": self.include_mapped}
+        return d | ({"concept": dict(self.concept)} if self.concept else {})
+
+@dataclass
 class ConceptSet:
-    "A named set of OMOP concepts: ids and/or vocabulary codes, optionally with descendants, minus exclusions."
+    """A named set of OMOP concepts: ids and/or vocabulary codes, optionally with descendants, minus exclusions; or, as
+    Circe writes it, a list of `items` each with its own flags (then `circe_id` is the id Circe's criteria refer to)."""
     name: str
     include: list[int] = field(default_factory=list)
     codes: dict[str, list[str]] = field(default_factory=dict)   # vocabulary_id -> concept codes
     descendants: bool = True
     exclude: list[int] = field(default_factory=list)
     on_unknown: str = "error"
+    items: list[ConceptSetItem] = field(default_factory=list)  # Circe's items; when given, include/exclude/codes are empty
+    circe_id: int | None = None                                 # the concept set's id in a Circe expression (its CodesetId)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
@@ -66,15 +91,42 @@ class ConceptSet:
             if not isinstance(cs, (list, tuple, set, frozenset)): bad(f"codes[{vocab!r}] must be a list of codes; got {_show(cs)}")
             wrong = [c for c in cs if isinstance(c, bool) or not isinstance(c, (str, int)) or (isinstance(c, str) and not c.strip())]
             if wrong: bad(f"codes[{vocab!r}] must be non-empty codes (text or whole numbers); got {_show(wrong)}")
+        if self.circe_id is not None and (isinstance(self.circe_id, bool) or not isinstance(self.circe_id, int)
+                                          or not 0 <= self.circe_id <= MAX_CONCEPT_ID):
+            bad(f"circe_id must be a whole number from 0 to {MAX_CONCEPT_ID} or None; got {_show(self.circe_id)}")
+        if not isinstance(self.items, (list, tuple)): bad(f"items must be a list of ConceptSetItem; got {_show(self.items)}")
+        items = []
+        for k, it in enumerate(self.items):
+            if isinstance(it, dict):
+                try: it = ConceptSetItem(**it)
+                except TypeError as e: bad(f"items[{k}]: {e}")
+                except InputError as e: bad(f"items[{k}]: {e}")
+            if not isinstance(it, ConceptSetItem): bad(f"items[{k}] must be a ConceptSetItem or its dict; got {_show(it)}")
+            items.append(it)
+        self.items = items
+        if items and (self.include or self.exclude or any(self.codes.values())):
+            bad("give either Circe items or include/exclude/codes, not both")
         self.include, self.exclude = sorted(set(self.include)), sorted(set(self.exclude))
         self.codes = {v: sorted({str(c) for c in cs}) for v, cs in self.codes.items()}
-        if not self.include and not any(self.codes.values()):
+        if not self.include and not any(self.codes.values()) and not items and self.circe_id is None:
             raise ConceptError(f"concept set {self.name!r} has no concepts: give concept ids or codes")
 
+    def circe_items(self) -> list[ConceptSetItem]:
+        "The set as Circe items: its own items, or one per included and excluded id with the set's descendants flag."
+        if self.items or not (self.include or self.exclude): return list(self.items)
+        if any(self.codes.values()):
+            raise InputError(f"concept set {self.name!r} holds vocabulary codes, which a Circe concept set cannot: Circe "
+                             "items are concept ids (resolve the codes to ids first)")
+        return [ConceptSetItem(i, False, self.descendants) for i in self.include] + \
+               [ConceptSetItem(i, True, self.descendants) for i in self.exclude]
+
     def to_dict(self) -> dict:
-        "Plain-data form, as stored in cohort JSON."
-        return {"name": self.name, "include": list(self.include), "codes": {k: list(v) for k, v in self.codes.items()},
-                "descendants": self.descendants, "exclude": list(self.exclude), "on_unknown": self.on_unknown}
+        "Plain-data form, as stored in cohort JSON (`items` and `circe_id` only when the set has them)."
+        d = {"name": self.name, "include": list(self.include), "codes": {k: list(v) for k, v in self.codes.items()},
+             "descendants": self.descendants, "exclude": list(self.exclude), "on_unknown": self.on_unknown}
+        if self.items: d["items"] = [it.to_dict() for it in self.items]
+        if self.circe_id is not None: d["circe_id"] = self.circe_id
+        return d
 
 def concept_set(name: str, *ids: int, descendants: bool = True, exclude=(), on_unknown: str = "error") -> ConceptSet:
     "A concept set from OMOP concept ids (with their descendants unless `descendants=False`)."
@@ -146,6 +198,24 @@ def _empty(cs: ConceptSet, reason: str, why: str):
     warnings.warn(EmptyConceptSetWarning(f"concept set {cs.name!r} resolves to no concepts in this CDM: {why}; criteria on "
                                          "it match no events, so a cohort entered through it is empty", cs.name, reason), stacklevel=4)
 
+def _maps_to(cdm, targets: set[int]) -> dict[int, set[int]]:
+    "For each of `targets`, the `concept_id_1` of the valid 'Maps to' rows of `concept_relationship` into it (Circe's includeMapped)."
+    rel = _cdm_table(cdm, "concept_relationship") if targets else None
+    if rel is None: return {}
+    r = rel.filter((rel.relationship_id == "Maps to") & rel.concept_id_2.isin(sorted(targets)))
+    if "invalid_reason" in rel.columns: r = r.filter(r.invalid_reason.isnull())
+    got = r.select(_s=r.concept_id_1.cast("int64"), _t=r.concept_id_2.cast("int64")).to_pyarrow().to_pydict()
+    out = {}
+    for s_, t in zip(got["_s"], got["_t"]): out.setdefault(t, set()).add(s_)
+    return out
+
+def _circe_part(items, in_concept: set, desc: dict, mapped: dict) -> set[int]:
+    """Circe's codeset of `items` (all included, or all excluded ones): their ids that are concepts, the valid descendants
+    of those flagged `include_descendants`, and the concepts that map to those flagged `include_mapped` (with their
+    descendants when both flags are set)."""
+    def base(its): return ({i.concept_id for i in its} & in_concept) | {d for i in its if i.include_descendants for d in desc.get(i.concept_id, ())}
+    return base(items) | {s for t in base([i for i in items if i.include_mapped]) for s in mapped.get(t, ())}
+
 def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
     "`resolve` for each concept set of `sets`, in order: one vocabulary query (one more per vocabulary of codes)."
     concept, anc = _cdm_table(cdm, "concept"), _cdm_table(cdm, "concept_ancestor")
@@ -157,13 +227,19 @@ def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
         hit = concept.filter((concept.vocabulary_id == vocab) & concept.concept_code.isin(codes))
         hit = hit.select("concept_id", "concept_code").to_pyarrow().to_pydict()
         by_code[vocab] = {str(c): int(i) for i, c in zip(hit["concept_id"], hit["concept_code"])}
-    roots = sorted({i for cs in sets for i in (*cs.include, *cs.exclude)} | {i for m in by_code.values() for i in m.values()})
+    roots = sorted({i for cs in sets for i in (*cs.include, *cs.exclude, *(it.concept_id for it in cs.items))}
+                   | {i for m in by_code.values() for i in m.values()})
     in_concept, in_ancestor, desc = _vocabulary_rows(concept, anc, roots) if roots else (set(), set(), {})
     known = in_concept | in_ancestor
+    map_targets = {t for cs in sets for it in cs.items if it.include_mapped
+                   for t in ({it.concept_id} & in_concept) | (desc.get(it.concept_id, set()) if it.include_descendants else set())}
+    mapped = _maps_to(cdm, map_targets)
     def codeset(ids, descendants: bool) -> set[int]:   # as Circe: the ids that are concepts, and their valid descendants
         return (set(ids) & in_concept) | ({d for i in ids for d in desc.get(i, ())} if descendants else set())
     out = []
     for cs in sets:
+        if cs.items or not (cs.include or any(cs.codes.values())):   # Circe items, or an empty Circe set
+            out.append(_resolve_items(cs, known, in_concept, desc, mapped, anc is None)); continue
         ids = (set(cs.include) & known) | {by_code[v][c] for v, codes in cs.codes.items() for c in codes if c in by_code[v]}
         if not ids:   # none of it is known here: a vocabulary without these concepts, not a typo among known ones
             what = ([f"concept ids {_show(cs.include)}"] if cs.include else []) + [f"{v} codes {_show(c)}" for v, c in cs.codes.items() if c]
@@ -185,6 +261,28 @@ def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
             out.append([]); continue
         out.append(sorted(got))
     return out
+
+
+def _resolve_items(cs: ConceptSet, known: set, in_concept: set, desc: dict, mapped: dict, no_ancestor: bool) -> list[int]:
+    "A set of Circe items resolved as Circe does: the included items' codeset minus the excluded items' codeset."
+    inc = [i for i in cs.items if not i.is_excluded]
+    if not inc:
+        _empty(cs, "no items", "it has no included items (a Circe concept set with no concepts selects nothing)"); return []
+    ids = {i.concept_id for i in cs.items}
+    if not ids & known:
+        _empty(cs, "not in this vocabulary", f"none of its concept ids {_show(sorted(ids))} is in this CDM's vocabulary (in neither "
+               "concept nor concept_ancestor" + ("; this CDM has no concept_ancestor table" if no_ancestor else "") + ")")
+        return []
+    _unknown("concept ids", cs, sorted(ids - known))
+    got = _circe_part(inc, in_concept, desc, mapped)
+    if not got:
+        _empty(cs, "no descendants", f"its included concept ids {_show(sorted({i.concept_id for i in inc}))} are not rows of this "
+               "CDM's concept table, and neither their descendants (where asked for) nor concepts mapped to them are")
+        return []
+    got -= _circe_part([i for i in cs.items if i.is_excluded], in_concept, desc, mapped)
+    if not got:
+        _empty(cs, "all excluded", "its excluded items remove every concept it includes"); return []
+    return sorted(got)
 
 # %% ../nbs/04_concepts.ipynb #c33cc1b1
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),

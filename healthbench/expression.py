@@ -11,12 +11,20 @@ from dataclasses import dataclass, field
 from .errors import InputError
 
 # ---- values -------------------------------------------------------------------------------------------------------
-NUMERIC_OPS = ("lt", "lte", "eq", "gt", "gte", "bt", "!bt", "neq")
+NUMERIC_OPS = ("lt", "lte", "eq", "!eq", "gt", "gte", "bt", "!bt")   # Circe's spelling: "!eq" is not equal
 TEXT_OPS = ("startsWith", "contains", "endsWith", "!startsWith", "!contains", "!endsWith")
+LIMITS = ("First", "Last", "All")                     # PrimaryCriteriaLimit, QualifiedLimit, ExpressionLimit
+GROUP_TYPES = ("ALL", "ANY", "AT_LEAST", "AT_MOST")     # a CriteriaGroup's Type (AT_* with a Count)
+COUNT_COLUMNS = ("DOMAIN_CONCEPT", "START_DATE", "VISIT_ID")   # what a distinct Occurrence counts
+DATE_FIELDS = ("START_DATE", "END_DATE")                # what a DateAdjustment re-bases on
+MAX_DAYS = 36_500      # days in windows, offsets, observation and era pads: 100 years either way
+MAX_COUNT = 1_000_000  # occurrence and group counts
+MAX_VALUE = 1e15       # bounds of a numeric range
+MAX_DEPTH = 64         # levels of JSON objects and lists in one definition
 
 @dataclass
 class NumericRange:
-    "Circe's NumericRange: `op` one of lt, lte, eq, neq, gt, gte, bt (between, inclusive), !bt; `extent` is the upper bound of bt/!bt."
+    "Circe's NumericRange: `op` one of lt, lte, eq, !eq (not equal), gt, gte, bt (between, inclusive), !bt; `extent` is the upper bound of bt/!bt."
     op: str
     value: float
     extent: float | None = None
@@ -55,10 +63,11 @@ class DateAdjustment:
     end_offset: int = 0
 
 # %% auto #0
-__all__ = ['NUMERIC_OPS', 'TEXT_OPS', 'KINDS', 'NumericRange', 'DateRange', 'TextFilter', 'Period', 'ConceptSetSelection',
-           'DateAdjustment', 'Criteria', 'WindowBound', 'Window', 'Occurrence', 'CorrelatedCriteria',
-           'DemographicCriteria', 'CriteriaGroup', 'InclusionRule', 'ObservationWindow', 'PrimaryCriteria',
-           'DateOffsetStrategy', 'CustomEraStrategy', 'CollapseSettings', 'CohortExpression', 'Kind']
+__all__ = ['NUMERIC_OPS', 'TEXT_OPS', 'LIMITS', 'GROUP_TYPES', 'COUNT_COLUMNS', 'DATE_FIELDS', 'MAX_DAYS', 'MAX_COUNT',
+           'MAX_VALUE', 'MAX_DEPTH', 'KINDS', 'NumericRange', 'DateRange', 'TextFilter', 'Period',
+           'ConceptSetSelection', 'DateAdjustment', 'Criteria', 'WindowBound', 'Window', 'Occurrence',
+           'CorrelatedCriteria', 'DemographicCriteria', 'CriteriaGroup', 'InclusionRule', 'ObservationWindow',
+           'PrimaryCriteria', 'DateOffsetStrategy', 'CustomEraStrategy', 'CollapseSettings', 'CohortExpression', 'Kind']
 
 # %% ../nbs/05b_expression.ipynb #443d9943
 # ---- criteria -----------------------------------------------------------------------------------------------------
@@ -117,6 +126,9 @@ class DemographicCriteria:
     occurrence_end_date: DateRange | None = None
     ons_ethnicity: list[str] = field(default_factory=list)    # healthbench: ONS 2021 group in person.race_source_value
     imd_quintile: list[int] = field(default_factory=list)     # healthbench: IMD quintile observation at or before index
+    gender_cs: ConceptSetSelection | None = None              # Circe's GenderCS, RaceCS, EthnicityCS: the person's concept
+    race_cs: ConceptSetSelection | None = None                #   in (or, with is_exclusion, not in) a concept set
+    ethnicity_cs: ConceptSetSelection | None = None
 
 @dataclass
 class CriteriaGroup:
