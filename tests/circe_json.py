@@ -138,7 +138,7 @@ def concept_set(i: int, cs) -> dict:
              for c in cs.include]
     items += [{"concept": _concept(c), "includeDescendants": cs.descendants, "isExcluded": True, "includeMapped": False}
               for c in cs.exclude]
-    return {"id": getattr(cs, "id", None) if getattr(cs, "id", None) is not None else i, "name": cs.name,
+    return {"id": getattr(cs, "circe_id", None) if getattr(cs, "circe_id", None) is not None else i, "name": cs.name,
             "expression": {"items": items}}
 
 

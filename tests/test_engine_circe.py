@@ -4,7 +4,11 @@ same ATLAS attrition (persons and records after each rule, each rule alone, and 
 Definitions are `healthbench.expression.CohortExpression`s written here to exercise each construct, turned into Circe
 JSON by `tests/circe_json.py` for circepy. The CDMs are small random ones (`circe_json.random_rows`: every kind of
 event, ties, missing end dates, nulls, events outside observation). Needs the circepy venv (`HB_CIRCE_VENV`, else
-`.circe-venv`, made by tests/circe/make_venv.sh); without it the module is skipped unless HB_REQUIRE_CIRCE=1.
+`.circe-venv`, made by tests/circe/make_venv.sh); without it those tests are skipped unless HB_REQUIRE_CIRCE=1.
+
+The shared PhenotypeLibrary definitions are checked against circepy's recorded answers on typed GiBleed
+(`tests/circe/library_gibleed.csv`: rows as `rows_sha256`, attrition persons and records per step), which needs no
+circepy: every definition that has qualifying events there (77, 69 with persons) must give the same rows and attrition.
 
 Run: PYTHONPATH=. pytest tests/test_engine_circe.py
 """
@@ -35,8 +39,6 @@ def _venv_ok() -> bool:
     return (venv / "bin" / "python").exists()
 
 
-if not _venv_ok() and os.environ.get("HB_REQUIRE_CIRCE") != "1":
-    pytest.skip("no circepy venv (bash tests/circe/make_venv.sh, or HB_CIRCE_VENV)", allow_module_level=True)
 
 # concept sets by id: 0 conditions 100 + descendants, 1 drug 200 + descendants, 2 condition 103, 3 procedures, 4 measurement
 # 400, 5 observation 500, 6 outpatient/inpatient visits, 7 devices, 8 drug 202, 9 conditions 100 minus 102, 10 units 8840,
@@ -173,6 +175,8 @@ def cdms(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def circe(cdms):
+    if not _venv_ok() and os.environ.get("HB_REQUIRE_CIRCE") != "1":
+        pytest.skip("no circepy venv (bash tests/circe/make_venv.sh, or HB_CIRCE_VENV)")
     texts = {name: to_circe(x) for name, x in DEFINITIONS.items()}
     return {seed: compare.circe_results(path, texts) for seed, path in cdms.items()}
 
@@ -207,3 +211,40 @@ def test_definitions_select_someone(cdms, circe):
         for k, r in enumerate(x.inclusion_rules):
             if not any(a.rule_records.iloc[k + 1] > 0 for a in got): weak.append((name, r.name))
     assert not weak, weak
+
+
+# ---- the shared PhenotypeLibrary on GiBleed, against circepy's recorded answers --------------------------------------------
+SHARED = HERE.parent.parent / "shared" / "data"
+LIBRARY = SHARED / "phenotypes" / "ohdsi_phenotype_library" / "cohorts"
+
+
+def _library_rows():
+    import csv
+    with open(HERE / "circe" / "library_gibleed.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    return [r for r in rows if int((r["attrition_records"] or "0").split("|")[0]) > 0]
+
+
+@pytest.fixture(scope="module")
+def gibleed(tmp_path_factory):
+    if not (SHARED / "omop" / "gibleed_5.3").exists():
+        pytest.skip("no shared GiBleed data")
+    from healthbench.cdm import import_cdm
+    path = tmp_path_factory.mktemp("gibleed") / "gibleed.duckdb"
+    import_cdm(SHARED / "omop" / "gibleed_5.3", path, progress=False)
+    with connect(path) as cdm:
+        yield cdm
+
+
+@pytest.mark.parametrize("row", _library_rows(), ids=lambda r: r["cohort_id"])
+def test_library_on_gibleed(gibleed, row):
+    from healthbench.atlas import read_expression
+    x, _ = read_expression(LIBRARY / f"{row['cohort_id']}.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = generate_expression(gibleed, x)
+    got = r.to_pandas()
+    assert (got.person_id.nunique(), len(got)) == (int(row["persons"]), int(row["records"]))
+    assert compare.rows_digest(got) == row["rows_sha256"]
+    assert "|".join(map(str, r.attrition.persons)) == row["attrition_persons"]
+    assert "|".join(map(str, r.attrition.records)) == row["attrition_records"]
