@@ -248,3 +248,23 @@ def test_library_on_gibleed(gibleed, row):
     assert compare.rows_digest(got) == row["rows_sha256"]
     assert "|".join(map(str, r.attrition.persons)) == row["attrition_persons"]
     assert "|".join(map(str, r.attrition.records)) == row["attrition_records"]
+
+
+def test_every_attribute_runs(cdms):
+    """Every attribute of every kind in KINDS (one inclusion rule each, as a correlated criteria, and all of a kind's
+    attributes on its primary criteria) compiles and runs; a column the CDM lacks (a specimen's source concept) matches
+    nothing rather than failing."""
+    from healthbench.expression import KINDS, ConceptSetSelection, Period
+    value = {"concepts": [8507, 32020], "cs": ConceptSetSelection(0, True), "codeset": 0, "numeric": NumericRange("gte", 1),
+             "date": DateRange("bt", "2018-01-01", "2020-12-31"), "text": TextFilter("contains", "a"),
+             "period": Period("2019-01-01", "2019-03-31"), "flag": True}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with connect(cdms[1]) as cdm:
+            for kind, k in KINDS.items():
+                attrs = {name: value[ak] for name, (ak, col) in k.attrs.items()}
+                rules = [rule(name, cc(kind, None, ALL_TIME, Occurrence(1, 0, True), attrs={name: v})) for name, v in attrs.items()]
+                x = expr([Criteria(kind, 0 if k.concept else None, first=True, attrs=attrs), Criteria("ObservationPeriod")], rules=rules)
+                r = generate_expression(cdm, x)
+                assert len(r.attrition) == len(attrs) + 1, kind
+                r.to_pandas()
