@@ -42,14 +42,14 @@ def _venv_ok() -> bool:
 
 # concept sets by id: 0 conditions 100 + descendants, 1 drug 200 + descendants, 2 condition 103, 3 procedures, 4 measurement
 # 400, 5 observation 500, 6 outpatient/inpatient visits, 7 devices, 8 drug 202, 9 conditions 100 minus 102, 10 units 8840,
-# 11 specialty 38004456, 12 place 8717, 13 abnormal value concepts
+# 11 specialty 38004456, 12 place 8717, 13 abnormal value concepts, 14 male
 SETS = [concept_set("conditions", 100), concept_set("drugs", 200), concept_set("c103", 103, descendants=False),
         concept_set("procedures", 300, 301, descendants=False), concept_set("m400", 400, descendants=False),
         concept_set("o500", 500, descendants=False), concept_set("visits", 9201, 9202, descendants=False),
         concept_set("devices", 600, 601, descendants=False), concept_set("d202", 202, descendants=False),
         concept_set("c100 not 102", 100, exclude=[102]), concept_set("unit", 8840, descendants=False),
         concept_set("specialty", 38004456, descendants=False), concept_set("place", 8717, descendants=False),
-        concept_set("abnormal", 4155142, 4155143, descendants=False)]
+        concept_set("abnormal", 4155142, 4155143, descendants=False), concept_set("male", 8507, descendants=False)]
 
 W = lambda a, b, **kw: Window(WindowBound(None if a is None else abs(a), -1 if a is None or a < 0 else 1),
                               WindowBound(None if b is None else abs(b), 1 if b is None or b >= 0 else -1), **kw)
@@ -159,9 +159,47 @@ DEFINITIONS = {
                                                   censor_window=Period("2019-01-01", "2020-06-30")),
     "expression limit last, censoring": expr(DRUG, expression_limit="Last", censoring_criteria=[Criteria("ConditionOccurrence", 2)]),
     "negative offset drops short events": expr(COND, end_strategy=DateOffsetStrategy("EndDate", -10)),
+    "eras as entry": expr([Criteria("ConditionEra", 0, attrs={"age_at_start": NumericRange("lt", 60), "era_end_date": DateRange("gt", "2019-01-01")}),
+                           Criteria("DrugEra", 1, attrs={"age_at_end": NumericRange("gte", 20), "gender": [8532]}),
+                           Criteria("DoseEra", None, attrs={"unit": [8876], "era_length": NumericRange("lte", 60)})],
+                          end_strategy=DateOffsetStrategy("EndDate", 0)),
+    "group counts 0, nested AT_MOST in ALL": expr(COND, rules=[
+        rule("at least 0", cc("DrugExposure", 1, W(-30, 0)), type="AT_LEAST", count=0),
+        rule("at most 0 of two", cc("DrugExposure", 8, W(None, 0)), cc("DeviceExposure", 7, W(None, 0)), type="AT_MOST", count=0),
+        rule("nested", cc("VisitOccurrence", 6, ALL_TIME), groups=[CriteriaGroup("AT_MOST", 1, criteria_list=[
+            cc("Measurement", 4, W(-365, 365)), cc("Observation", 5, W(-365, 365))])])]),
+    "end windows on index end, distinct visits": expr(Criteria("VisitOccurrence", 6), rules=[
+        rule("condition ending by visit end", cc("ConditionOccurrence", 0, W(-30, 0), end_window=W(None, 0, use_index_end=True, use_event_end=True))),
+        rule("2 visits with drugs", cc("DrugExposure", None, ALL_TIME, Occurrence(2, 2, True, "VISIT_ID"))),
+        rule("at most 1 drug concept", cc("DrugExposure", None, W(-365, 365), Occurrence(1, 1, True, "DOMAIN_CONCEPT")))],
+        end_strategy=DateOffsetStrategy("EndDate", 0)),
+    "additional ANY with demographics, qualified last": expr(COND, additional_criteria=CriteriaGroup(
+        "ANY", criteria_list=[cc("DrugExposure", 1, W(-90, 90))], demographic_criteria_list=[DemographicCriteria(gender=[8507])]),
+        qualified_limit="Last", end_strategy=DateOffsetStrategy("StartDate", 100)),
+    "observation period in a rule, demographic dates": expr(COND, rules=[
+        rule("a year of observation before", cc("ObservationPeriod", None, W(None, -365))),
+        rule("2019 onwards, 30 to 80", demographics=[DemographicCriteria(age=NumericRange("bt", 30, 80),
+                                                                          occurrence_start_date=DateRange("gte", "2019-01-01"),
+                                                                          occurrence_end_date=DateRange("lt", "2021-01-01"))])]),
+    "provider, condition status, gender set": expr(Criteria("ConditionOccurrence", 0, attrs={"provider_specialty": [38004456],
+                                                                                            "gender_cs": ConceptSetSelection(14)}),
+                                                   rules=[rule("status", cc("ConditionOccurrence", None, W(0, 0), attrs={"condition_status": [32020, 32810]}))]),
+    "visit place set, provider set, excluded visit type": expr(Criteria("VisitOccurrence", None, attrs={"place_of_service_cs": ConceptSetSelection(12),
+                                                                                                     "visit_type": [32020], "visit_type_exclude": True}),
+                                                              end_strategy=DateOffsetStrategy("EndDate", 0)),
+    "two censorings, censor window start, pad 7": expr(COND, censoring_criteria=[Criteria("Death"), Criteria("Measurement", 4)],
+                                                       censor_window=Period("2019-06-01", None), collapse_settings=CollapseSettings("ERA", 7)),
+    "last entry, empty additional, last expression": expr(DRUG, limit="Last", additional_criteria=CriteriaGroup("ALL"), qualified_limit="All",
+                                                          expression_limit="Last", end_strategy=DateOffsetStrategy("EndDate", 3)),
+    "date adjustment on ends": expr(Criteria("ConditionOccurrence", 0, date_adjustment=DateAdjustment("END_DATE", -1, "END_DATE", 10)),
+                                    end_strategy=DateOffsetStrategy("EndDate", 0)),
+    "death as entry": expr(Criteria("Death", None), rules=[rule("condition before", cc("ConditionOccurrence", 0, W(None, 0)))]),
+    "nested criteria ignoring observation, same visit": expr(COND, rules=[rule("drug at the visit of a condition", cc(
+        "DrugExposure", 1, ALL_TIME, restrict_visit=True, nested=CriteriaGroup("ALL", criteria_list=[
+            cc("ConditionOccurrence", 0, W(-30, 30), ignore_observation_period=True)])))]),
 }
 
-SEEDS = (1, 2)
+SEEDS = (1, 2, 3)
 
 
 @pytest.fixture(scope="module")
