@@ -1,4 +1,4 @@
-"""Read OHDSI ATLAS (Circe) cohort JSON into a healthbench `Cohort` — the common subset, exactly, and nothing silently dropped.
+"""Read and write OHDSI ATLAS (Circe) cohort JSON: the whole expression into `healthbench.expression` and back, and the common subset into a simple `Cohort` — nothing silently dropped.
 
 Docs: https://github.com/healthbench/healthbench/atlas.html.md"""
 
@@ -15,7 +15,7 @@ from .cohort import (Cohort, EntryEvent, Demographics, InclusionRule, Exit, Crit
                                 ValueRange, MAX_AGE, MAX_COUNT, _Reader, _check_depth, _kind, _load_json)
 
 # %% auto #0
-__all__ = ['from_atlas', 'read_expression']
+__all__ = ['from_atlas', 'read_expression', 'write_expression']
 
 # %% ../nbs/05a_atlas.ipynb #d7ded896
 _DOMAIN = {"ConditionOccurrence": "condition", "DrugExposure": "drug", "Measurement": "measurement",
@@ -160,7 +160,7 @@ def _concept_sets(raw: list) -> tuple[dict, list[ConceptSet]]:
     if len(set(names)) != len(names): raise CohortDefinitionError(f"concept set names must be unique; got {names}", path="ConceptSets")
     return by_id, out
 
-def _read(source):
+def _read(source, who: str = "from_atlas"):
     "The plain data of `source`: a dict, JSON text or bytes, or the path of a JSON file."
     if isinstance(source, dict): return source
     if isinstance(source, (bytes, bytearray)): return _load_json(source)
@@ -169,7 +169,7 @@ def _read(source):
         if not (s.endswith(".json") and not s.startswith(("{", "[", '"'))): return _load_json(source)
         source = Path(source)
     if not isinstance(source, os.PathLike):
-        raise InputError(f"from_atlas needs ATLAS JSON text, the path of a JSON file or a dict; got {type(source).__name__}")
+        raise InputError(f"{who} needs ATLAS JSON text, the path of a JSON file or a dict; got {type(source).__name__}")
     p = Path(source)
     if "\x00" in str(p): raise InputError(f"a file name cannot contain a NUL character; got {_show(str(p))}")
     if not p.exists(): raise InputError(f"ATLAS file {p} does not exist")
@@ -290,7 +290,8 @@ from .expression import (KINDS, NUMERIC_OPS, TEXT_OPS, CohortExpression, Primary
                          CriteriaGroup, CorrelatedCriteria, Window as CirceWindow, WindowBound, Occurrence, DemographicCriteria,
                          InclusionRule as CirceRule, DateOffsetStrategy, CustomEraStrategy, CollapseSettings, NumericRange,
                          DateRange, TextFilter, Period, ConceptSetSelection, DateAdjustment, MAX_DAYS as _MAX_DAYS,
-                         MAX_COUNT as _MAX_COUNT, MAX_VALUE as _MAX_VALUE, LIMITS, GROUP_TYPES, COUNT_COLUMNS, DATE_FIELDS)
+                         MAX_COUNT as _MAX_COUNT, MAX_VALUE as _MAX_VALUE, LIMITS, GROUP_TYPES, COUNT_COLUMNS, DATE_FIELDS,
+                         validate_expression)
 from .concepts import ConceptSetItem
 from .cohort import _p
 
@@ -681,7 +682,7 @@ class _Atlas:
 
 def _atlas_document(source) -> dict:
     "The Circe expression (a dict) of `source`, unwrapped from an ATLAS/WebAPI export {name, expression, ...} if it is one."
-    doc = _read(source)
+    doc = _read(source, "read_expression")
     _check_depth(doc)
     if not isinstance(doc, dict): raise CohortDefinitionError(f"expected an ATLAS cohort definition, a JSON object; got {_kind(doc)}")
     return doc
@@ -701,4 +702,102 @@ def read_expression(source) -> tuple[CohortExpression, dict]:
         doc = expr
     r = _Atlas()
     e, more = r.expression(doc)
-    return e, info | more | {"ignored": r.ignored}
+    return validate_expression(e), info | more | {"ignored": r.ignored}
+
+# %% ../nbs/05a_atlas.ipynb #wr000001
+# ---- writing healthbench.expression as Circe JSON --------------------------------------------------------------------
+def _camel(snake: str) -> str:
+    "Circe's name of a snake_case field: condition_type_cs -> ConditionTypeCS."
+    return "".join(w.upper() if w == "cs" else w.capitalize() for w in snake.split("_"))
+
+def _w_range(r) -> dict:
+    return {"Value": r.value, "Op": r.op} | ({"Extent": r.extent} if r.extent is not None else {})
+
+def _w_cs(s: ConceptSetSelection) -> dict: return {"CodesetId": s.codeset_id, "IsExclusion": s.is_exclusion}
+
+def _w_attr(kind: str, v):
+    if kind == "concepts": return [{"CONCEPT_ID": i} for i in v]
+    if kind == "cs": return _w_cs(v)
+    if kind in ("numeric", "date"): return _w_range(v)
+    if kind == "text": return {"Text": v.text, "Op": v.op}
+    if kind == "period": return _w_period(v)
+    return v   # codeset (an id), flag (true)
+
+def _w_period(p: Period) -> dict:
+    return ({"StartDate": p.start_date} if p.start_date else {}) | ({"EndDate": p.end_date} if p.end_date else {})
+
+def _w_criteria(c: Criteria) -> dict:
+    spec, body = KINDS[c.kind], {}
+    if c.codeset_id is not None: body["CodesetId"] = c.codeset_id
+    if c.first: body["First"] = True
+    for name, v in c.attrs.items(): body[_camel(name)] = _w_attr(spec.attrs[name][0], v)
+    for name, (kind, _) in spec.attrs.items():   # ATLAS writes the record-type exclusion flag even when false
+        if name.endswith("_type_exclude") and name not in c.attrs: body[_camel(name)] = False
+    if c.correlated_criteria is not None: body["CorrelatedCriteria"] = _w_group(c.correlated_criteria)
+    if c.date_adjustment is not None:
+        a = c.date_adjustment
+        body["DateAdjustment"] = {"StartWith": a.start_with, "StartOffset": a.start_offset, "EndWith": a.end_with, "EndOffset": a.end_offset}
+    return {c.kind: body}
+
+def _w_window(w) -> dict:
+    def bound(b): return ({"Days": b.days} if b.days is not None else {}) | {"Coeff": b.coeff}
+    return {"Start": bound(w.start), "End": bound(w.end), "UseIndexEnd": w.use_index_end, "UseEventEnd": w.use_event_end}
+
+def _w_correlated(cc: CorrelatedCriteria) -> dict:
+    o = cc.occurrence
+    d = {"Criteria": _w_criteria(cc.criteria), "StartWindow": _w_window(cc.start_window)}
+    if cc.end_window is not None: d["EndWindow"] = _w_window(cc.end_window)
+    return d | {"RestrictVisit": cc.restrict_visit, "IgnoreObservationPeriod": cc.ignore_observation_period,
+                "Occurrence": {"Type": o.type, "Count": o.count, "IsDistinct": o.is_distinct}
+                              | ({"CountColumn": o.count_column} if o.count_column else {})}
+
+def _w_demographic(dc: DemographicCriteria, path: str) -> dict:
+    if dc.ons_ethnicity or dc.imd_quintile:
+        raise CohortDefinitionError("healthbench's UK criteria (ONS ethnicity, IMD quintile) have no Circe equivalent: "
+                                    "ATLAS cannot run this expression", path=path)
+    types = {"age": "numeric", "gender": "concepts", "race": "concepts", "ethnicity": "concepts", "occurrence_start_date": "date",
+             "occurrence_end_date": "date", "gender_cs": "cs", "race_cs": "cs", "ethnicity_cs": "cs"}
+    return {_camel(k): _w_attr(t, getattr(dc, k)) for k, t in types.items() if getattr(dc, k) not in (None, [])}
+
+def _w_group(g: CriteriaGroup, path: str = "") -> dict:
+    d = {"Type": g.type} | ({"Count": g.count} if g.count is not None else {})
+    return d | {"CriteriaList": [_w_correlated(c) for c in g.criteria_list],
+                "DemographicCriteriaList": [_w_demographic(x, f"{path}.demographic_criteria_list[{i}]")
+                                            for i, x in enumerate(g.demographic_criteria_list)],
+                "Groups": [_w_group(x, f"{path}.groups[{i}]") for i, x in enumerate(g.groups)]}
+
+def _w_concept_set(cs: ConceptSet) -> dict:
+    items = [{"concept": {"CONCEPT_ID": it.concept_id} | {k: v for k, v in it.concept.items() if _norm(k) != "conceptid"},
+              "isExcluded": it.is_excluded, "includeDescendants": it.include_descendants, "includeMapped": it.include_mapped}
+             for it in cs.circe_items()]
+    return {"id": cs.circe_id, "name": cs.name, "expression": {"items": items}}
+
+def write_expression(expression: CohortExpression) -> dict:
+    """`expression` as Circe (ATLAS) JSON, the way ATLAS writes it: keys in ATLAS's order, unset flags false, empty lists
+    and `CensorWindow: {}` where ATLAS writes them. The expression is validated first; what Circe cannot express
+    (healthbench's UK criteria, concept sets of vocabulary codes) is a `CohortDefinitionError`."""
+    validate_expression(expression)
+    e = expression
+    pc = e.primary_criteria
+    d = {"cdmVersionRange": ">=5.0.0",
+         "PrimaryCriteria": {"CriteriaList": [_w_criteria(c) for c in pc.criteria_list],
+                             "ObservationWindow": {"PriorDays": pc.observation_window.prior_days, "PostDays": pc.observation_window.post_days},
+                             "PrimaryCriteriaLimit": {"Type": pc.limit}}}
+    if e.additional_criteria is not None: d["AdditionalCriteria"] = _w_group(e.additional_criteria, "additional_criteria")
+    sets = []
+    for i, cs in enumerate(e.concept_sets):
+        try: sets.append(_w_concept_set(cs))
+        except InputError as x: raise CohortDefinitionError(str(x), path=f"concept_sets[{i}]") from None
+    d |= {"ConceptSets": sets, "QualifiedLimit": {"Type": e.qualified_limit}, "ExpressionLimit": {"Type": e.expression_limit},
+          "InclusionRules": [{"name": r.name} | ({"description": r.description} if r.description else {})
+                             | {"expression": _w_group(r.expression, f"inclusion_rules[{i}].expression")}
+                             for i, r in enumerate(e.inclusion_rules)]}
+    s = e.end_strategy
+    if isinstance(s, DateOffsetStrategy): d["EndStrategy"] = {"DateOffset": {"DateField": s.date_field, "Offset": s.offset}}
+    elif isinstance(s, CustomEraStrategy):
+        d["EndStrategy"] = {"CustomEra": {"DrugCodesetId": s.drug_codeset_id, "GapDays": s.gap_days, "Offset": s.offset}
+                                         | ({"DaysSupplyOverride": s.days_supply_override} if s.days_supply_override is not None else {})}
+    d |= {"CensoringCriteria": [_w_criteria(c) for c in e.censoring_criteria],
+          "CollapseSettings": {"CollapseType": e.collapse_settings.collapse_type, "EraPad": e.collapse_settings.era_pad},
+          "CensorWindow": {} if e.censor_window is None else _w_period(e.censor_window)}
+    return d

@@ -106,6 +106,8 @@ class ConceptSet:
         self.items = items
         if items and (self.include or self.exclude or any(self.codes.values())):
             bad("give either Circe items or include/exclude/codes, not both")
+        if items and not self.descendants:
+            bad("descendants=False applies to include/exclude; Circe items carry their own include_descendants")
         self.include, self.exclude = sorted(set(self.include)), sorted(set(self.exclude))
         self.codes = {v: sorted({str(c) for c in cs}) for v, cs in self.codes.items()}
         if not self.include and not any(self.codes.values()) and not items and self.circe_id is None:
@@ -113,10 +115,10 @@ class ConceptSet:
 
     def circe_items(self) -> list[ConceptSetItem]:
         "The set as Circe items: its own items, or one per included and excluded id with the set's descendants flag."
-        if self.items or not (self.include or self.exclude): return list(self.items)
         if any(self.codes.values()):
             raise InputError(f"concept set {self.name!r} holds vocabulary codes, which a Circe concept set cannot: Circe "
                              "items are concept ids (resolve the codes to ids first)")
+        if self.items: return list(self.items)
         return [ConceptSetItem(i, False, self.descendants) for i in self.include] + \
                [ConceptSetItem(i, True, self.descendants) for i in self.exclude]
 

@@ -64,10 +64,12 @@ class DateAdjustment:
 
 # %% auto #0
 __all__ = ['NUMERIC_OPS', 'TEXT_OPS', 'LIMITS', 'GROUP_TYPES', 'COUNT_COLUMNS', 'DATE_FIELDS', 'MAX_DAYS', 'MAX_COUNT',
-           'MAX_VALUE', 'MAX_DEPTH', 'KINDS', 'NumericRange', 'DateRange', 'TextFilter', 'Period',
-           'ConceptSetSelection', 'DateAdjustment', 'Criteria', 'WindowBound', 'Window', 'Occurrence',
-           'CorrelatedCriteria', 'DemographicCriteria', 'CriteriaGroup', 'InclusionRule', 'ObservationWindow',
-           'PrimaryCriteria', 'DateOffsetStrategy', 'CustomEraStrategy', 'CollapseSettings', 'CohortExpression', 'Kind']
+           'MAX_VALUE', 'MAX_DEPTH', 'KINDS', 'SCHEMA_VERSION', 'SCHEMA_FILE', 'NumericRange', 'DateRange',
+           'TextFilter', 'Period', 'ConceptSetSelection', 'DateAdjustment', 'Criteria', 'WindowBound', 'Window',
+           'Occurrence', 'CorrelatedCriteria', 'DemographicCriteria', 'CriteriaGroup', 'InclusionRule',
+           'ObservationWindow', 'PrimaryCriteria', 'DateOffsetStrategy', 'CustomEraStrategy', 'CollapseSettings',
+           'CohortExpression', 'Kind', 'expression_to_dict', 'expression_from_dict', 'validate_expression',
+           'expression_json_schema']
 
 # %% ../nbs/05b_expression.ipynb #443d9943
 # ---- criteria -----------------------------------------------------------------------------------------------------
@@ -312,3 +314,406 @@ KINDS = {
     "DoseEra": Kind("dose_era", "dose_era_id", "drug_concept_id", "dose_era_start_date", "dose_era_end_date", None,
         _ERA | {"unit": ("concepts", "unit_concept_id"), "unit_cs": ("cs", "unit_concept_id"), "dose_value": ("numeric", "dose_value")}),
 }
+
+# %% ../nbs/05b_expression.ipynb #v2io0001
+# ---- healthbench's JSON for the model (schema version 2) ------------------------------------------------------------
+import datetime as _dt, math
+from dataclasses import fields as _fields, is_dataclass
+
+from .errors import CohortDefinitionError, HealthbenchError
+from .concepts import ConceptSet, _show
+
+SCHEMA_VERSION = 2
+_END_STRATEGIES = {"date_offset": DateOffsetStrategy, "custom_era": CustomEraStrategy}
+_NO_FIRST = ("Death",)   # Circe's Death criteria has no First
+
+def _plain(v):
+    "The model as plain data: dataclasses as dicts of their fields (a concept set as its `to_dict`), in field order."
+    if isinstance(v, ConceptSet): return v.to_dict()
+    if is_dataclass(v) and not isinstance(v, type):
+        d = {f.name: _plain(getattr(v, f.name)) for f in _fields(v)}
+        tag = next((k for k, cls in _END_STRATEGIES.items() if type(v) is cls), None)
+        return {"type": tag, **d} if tag else d
+    if isinstance(v, (list, tuple)): return [_plain(x) for x in v]
+    if isinstance(v, dict): return {k: _plain(x) for k, x in v.items()}
+    return v
+
+def expression_to_dict(expression: CohortExpression) -> dict:
+    "healthbench's JSON form of `expression` (snake_case, `schema_version` 2); `expression_from_dict` reads it back."
+    if not isinstance(expression, CohortExpression):
+        raise InputError(f"expected a CohortExpression, got {type(expression).__name__}")
+    try: return {"schema_version": SCHEMA_VERSION, **_plain(expression)}
+    except RecursionError: raise CohortDefinitionError(f"nested too deeply: more than {MAX_DEPTH} levels of groups and criteria") from None
+
+class _V2:
+    "Reads (and so validates) a schema-2 document, naming the JSON path of the first problem."
+    def __init__(self):
+        from healthbench.cohort import _kind, _p   # here, not at the top: healthbench.cohort may import this module
+        self.kind, self.p = _kind, _p
+        self.codesets: set = set()
+
+    def fail(self, path, msg): raise CohortDefinitionError(msg, path=path)
+
+    def obj(self, d, path, required=(), optional=()) -> dict:
+        if not isinstance(d, dict): self.fail(path, f"expected an object, got {self.kind(d)}")
+        allowed = (*required, *optional)
+        for k in d:
+            if k not in allowed: self.fail(self.p(path, k), f"unknown field; allowed here: {sorted(allowed)}")
+        for k in required:
+            if k not in d: self.fail(self.p(path, k), "required field is missing")
+        return d
+
+    def int_(self, v, path, lo=None, hi=None, optional=False):
+        if v is None and optional: return None
+        if isinstance(v, bool) or not isinstance(v, int): self.fail(path, f"expected a whole number, got {self.kind(v)}")
+        if lo is not None and v < lo: self.fail(path, f"must be at least {lo}, got {_show(v)}")
+        if hi is not None and v > hi: self.fail(path, f"must be at most {hi}, got {_show(v)}")
+        return v
+
+    def days(self, v, path, lo=-MAX_DAYS, optional=False): return self.int_(v, path, lo, MAX_DAYS, optional)
+
+    def num(self, v, path):
+        if isinstance(v, bool) or not isinstance(v, (int, float)): self.fail(path, f"expected a number, got {self.kind(v)}")
+        if isinstance(v, float) and not math.isfinite(v): self.fail(path, f"expected a finite number, got {v}")
+        if not -MAX_VALUE <= v <= MAX_VALUE: self.fail(path, f"must be between {-MAX_VALUE:g} and {MAX_VALUE:g}, got {_show(v)}")
+        return v
+
+    def flag(self, v, path):
+        if not isinstance(v, bool): self.fail(path, f"expected true or false, got {self.kind(v)}")
+        return v
+
+    def str_(self, v, path, choices=None, optional=False):
+        if v is None and optional: return None
+        if not isinstance(v, str): self.fail(path, f"expected a string, got {self.kind(v)}")
+        if "\x00" in v: self.fail(path, f"contains a NUL character (\\x00); remove it: {_show(v)}")
+        if choices is not None and v not in choices: self.fail(path, f"{_show(v)} is not one of {list(choices)}")
+        return v
+
+    def date(self, v, path, optional=False):
+        if v is None and optional: return None
+        if not isinstance(v, str) or len(v) != 10: self.fail(path, f"expected a date YYYY-MM-DD, got {self.kind(v)}")
+        try: _dt.date.fromisoformat(v)
+        except ValueError: self.fail(path, f"expected a date YYYY-MM-DD, got {_show(v)}")
+        return v
+
+    def list_(self, v, path):
+        if not isinstance(v, list): self.fail(path, f"expected a list, got {self.kind(v)}")
+        return v
+
+    def codeset(self, v, path):
+        cid = self.int_(v, path, 0)
+        if cid not in self.codesets: self.fail(path, f"no concept set has circe_id {_show(cid)}; the ids are {sorted(self.codesets)}")
+        return cid
+
+    # ---- values ----
+    def range_(self, d, path, cls, read):
+        self.obj(d, path, ("op", "value"), ("extent",))
+        op = self.str_(d["op"], self.p(path, "op"), NUMERIC_OPS)
+        value = read(d["value"], self.p(path, "value"))
+        extent = d.get("extent")
+        if op.endswith("bt"):
+            if extent is None: self.fail(self.p(path, "extent"), f"required field is missing: '{op}' needs a value and an extent")
+            extent = read(extent, self.p(path, "extent"))
+        elif extent is not None: self.fail(self.p(path, "extent"), f"only 'bt' and '!bt' have an extent, not {op!r}")
+        return cls(op, value, extent)
+
+    def attr(self, kind, v, path):
+        if kind == "concepts":
+            ids = self.list_(v, path)
+            from healthbench.concepts import _concept_id_problem
+            for i, c in enumerate(ids):
+                if _concept_id_problem(c): self.fail(f"{path}[{i}]", _concept_id_problem(c))
+            return list(ids)
+        if kind == "cs":
+            self.obj(v, path, ("codeset_id",), ("is_exclusion",))
+            return ConceptSetSelection(self.codeset(v["codeset_id"], self.p(path, "codeset_id")),
+                                       self.flag(v.get("is_exclusion", False), self.p(path, "is_exclusion")))
+        if kind == "codeset": return self.codeset(v, path)
+        if kind == "numeric": return self.range_(v, path, NumericRange, self.num)
+        if kind == "date": return self.range_(v, path, DateRange, self.date)
+        if kind == "text":
+            self.obj(v, path, ("op", "text"))
+            return TextFilter(self.str_(v["op"], self.p(path, "op"), TEXT_OPS), self.str_(v["text"], self.p(path, "text")))
+        if kind == "period":
+            period = self.period(v, path)
+            if period.start_date is None and period.end_date is None:
+                self.fail(path, "a period needs a start_date or an end_date (leave the attribute out when it has neither)")
+            return period
+        if kind == "flag":
+            if v is not True: self.fail(path, f"a flag attribute is true when set (leave it out when not), got {self.kind(v)}")
+            return True
+        raise AssertionError(kind)
+
+    def period(self, v, path) -> Period:
+        self.obj(v, path, (), ("start_date", "end_date"))
+        return Period(self.date(v.get("start_date"), self.p(path, "start_date"), optional=True),
+                      self.date(v.get("end_date"), self.p(path, "end_date"), optional=True))
+
+    # ---- criteria ----
+    def criteria(self, d, path) -> Criteria:
+        self.obj(d, path, ("kind",), ("codeset_id", "first", "attrs", "correlated_criteria", "date_adjustment"))
+        kind = self.str_(d["kind"], self.p(path, "kind"), tuple(KINDS))
+        spec = KINDS[kind]
+        codeset = d.get("codeset_id")
+        if codeset is not None:
+            if spec.concept is None: self.fail(self.p(path, "codeset_id"), f"{kind} criteria have no concept to filter (Circe's have no CodesetId)")
+            codeset = self.codeset(codeset, self.p(path, "codeset_id"))
+        first = self.flag(d.get("first", False), self.p(path, "first"))
+        if first and kind in _NO_FIRST: self.fail(self.p(path, "first"), f"Circe's {kind} criteria has no First")
+        attrs = {}
+        ap = self.p(path, "attrs")
+        for name, v in self.obj(d.get("attrs", {}), ap, (), tuple(spec.attrs)).items():
+            attrs[name] = self.attr(spec.attrs[name][0], v, self.p(ap, name))
+        cc = d.get("correlated_criteria")
+        da = d.get("date_adjustment")
+        if da is not None:
+            dp = self.p(path, "date_adjustment")
+            self.obj(da, dp, (), ("start_with", "start_offset", "end_with", "end_offset"))
+            da = DateAdjustment(self.str_(da.get("start_with", "START_DATE"), self.p(dp, "start_with"), DATE_FIELDS),
+                                self.days(da.get("start_offset", 0), self.p(dp, "start_offset")),
+                                self.str_(da.get("end_with", "END_DATE"), self.p(dp, "end_with"), DATE_FIELDS),
+                                self.days(da.get("end_offset", 0), self.p(dp, "end_offset")))
+        return Criteria(kind, codeset, first, attrs,
+                        None if cc is None else self.group(cc, self.p(path, "correlated_criteria")), da)
+
+    def window(self, d, path) -> Window:
+        self.obj(d, path, (), ("start", "end", "use_index_end", "use_event_end"))
+        def bound(b, bp, coeff):
+            if b is None: return WindowBound(None, coeff)
+            self.obj(b, bp, (), ("days", "coeff"))
+            c = b.get("coeff", coeff)
+            if isinstance(c, bool) or c not in (-1, 1): self.fail(self.p(bp, "coeff"), f"expected -1 (before) or 1 (after), got {self.kind(c)}")
+            return WindowBound(self.days(b.get("days"), self.p(bp, "days"), optional=True), c)
+        return Window(bound(d.get("start"), self.p(path, "start"), -1), bound(d.get("end"), self.p(path, "end"), 1),
+                      self.flag(d.get("use_index_end", False), self.p(path, "use_index_end")),
+                      self.flag(d.get("use_event_end", False), self.p(path, "use_event_end")))
+
+    def correlated(self, d, path) -> CorrelatedCriteria:
+        self.obj(d, path, ("criteria",), ("start_window", "end_window", "restrict_visit", "ignore_observation_period", "occurrence"))
+        occ = d.get("occurrence")
+        if occ is not None:
+            op_ = self.p(path, "occurrence")
+            self.obj(occ, op_, (), ("type", "count", "is_distinct", "count_column"))
+            t = self.int_(occ.get("type", 2), self.p(op_, "type"))
+            if t not in (0, 1, 2): self.fail(self.p(op_, "type"), f"expected 0 (exactly), 1 (at most) or 2 (at least), got {_show(t)}")
+            distinct = self.flag(occ.get("is_distinct", False), self.p(op_, "is_distinct"))
+            column = self.str_(occ.get("count_column"), self.p(op_, "count_column"), COUNT_COLUMNS, optional=True)
+            if column is not None and not distinct: self.fail(self.p(op_, "count_column"), "a count column needs is_distinct true")
+            occ = Occurrence(t, self.int_(occ.get("count", 1), self.p(op_, "count"), 0, MAX_COUNT), distinct, column)
+        sw, ew = d.get("start_window"), d.get("end_window")
+        return CorrelatedCriteria(self.criteria(d["criteria"], self.p(path, "criteria")),
+                                  Window() if sw is None else self.window(sw, self.p(path, "start_window")),
+                                  None if ew is None else self.window(ew, self.p(path, "end_window")),
+                                  self.flag(d.get("restrict_visit", False), self.p(path, "restrict_visit")),
+                                  self.flag(d.get("ignore_observation_period", False), self.p(path, "ignore_observation_period")),
+                                  Occurrence() if occ is None else occ)
+
+    def demographic(self, d, path) -> DemographicCriteria:
+        types = {"age": "numeric", "gender": "concepts", "race": "concepts", "ethnicity": "concepts",
+                 "occurrence_start_date": "date", "occurrence_end_date": "date", "gender_cs": "cs", "race_cs": "cs",
+                 "ethnicity_cs": "cs"}
+        self.obj(d, path, (), (*types, "ons_ethnicity", "imd_quintile"))
+        dc = DemographicCriteria()
+        for name, kind in types.items():
+            if d.get(name) is not None and d.get(name) != []: setattr(dc, name, self.attr(kind, d[name], self.p(path, name)))
+        if d.get("ons_ethnicity"):
+            dc.ons_ethnicity = [self.str_(x, f"{self.p(path, 'ons_ethnicity')}[{i}]") for i, x in
+                                enumerate(self.list_(d["ons_ethnicity"], self.p(path, "ons_ethnicity")))]
+        if d.get("imd_quintile"):
+            dc.imd_quintile = [self.int_(x, f"{self.p(path, 'imd_quintile')}[{i}]", 1, 5) for i, x in
+                               enumerate(self.list_(d["imd_quintile"], self.p(path, "imd_quintile")))]
+        return dc
+
+    def group(self, d, path) -> CriteriaGroup:
+        self.obj(d, path, (), ("type", "count", "criteria_list", "demographic_criteria_list", "groups"))
+        t = self.str_(d.get("type", "ALL"), self.p(path, "type"), GROUP_TYPES)
+        count = d.get("count")
+        if t in ("AT_LEAST", "AT_MOST"):
+            if count is None: self.fail(self.p(path, "count"), f"required field is missing: {t} needs a count")
+            count = self.int_(count, self.p(path, "count"), 0, MAX_COUNT)
+        elif count is not None: self.fail(self.p(path, "count"), f"only AT_LEAST and AT_MOST groups have a count, not {t}")
+        def each(key, read):
+            kp = self.p(path, key)
+            return [read(x, f"{kp}[{i}]") for i, x in enumerate(self.list_(d.get(key, []), kp))]
+        return CriteriaGroup(t, count, each("criteria_list", self.correlated), each("demographic_criteria_list", self.demographic),
+                             each("groups", self.group))
+
+    # ---- the expression ----
+    def concept_sets(self, v, path) -> list[ConceptSet]:
+        out = []
+        for i, d in enumerate(self.list_(v, path)):
+            p = f"{path}[{i}]"
+            if not isinstance(d, dict): self.fail(p, f"expected an object, got {self.kind(d)}")
+            if d.get("circe_id") is None: self.fail(self.p(p, "circe_id"), "required field is missing: criteria name a concept set by its circe_id")
+            try: cs = ConceptSet(**d)
+            except TypeError as e: self.fail(p, f"not a concept set: {e}")
+            except HealthbenchError as e: self.fail(p, str(e))
+            if cs.circe_id in self.codesets: self.fail(self.p(p, "circe_id"), f"circe_id {cs.circe_id} is used by two concept sets")
+            self.codesets.add(cs.circe_id)
+            out.append(cs)
+        return out
+
+    def expression(self, d) -> CohortExpression:
+        self.obj(d, "", ("schema_version", "primary_criteria"),
+                 ("concept_sets", "additional_criteria", "qualified_limit", "expression_limit", "inclusion_rules", "end_strategy",
+                  "censoring_criteria", "collapse_settings", "censor_window"))
+        version = self.int_(d["schema_version"], "schema_version")
+        if version != SCHEMA_VERSION:
+            self.fail("schema_version", f"this is healthbench's cohort expression format, version {SCHEMA_VERSION}; got {_show(version)}"
+                      + (" (a newer healthbench wrote it: upgrade)" if version > SCHEMA_VERSION else ""))
+        e = CohortExpression()
+        e.concept_sets = self.concept_sets(d.get("concept_sets", []), "concept_sets")
+        pc = self.obj(d["primary_criteria"], "primary_criteria", ("criteria_list",), ("observation_window", "limit"))
+        cl = self.list_(pc["criteria_list"], "primary_criteria.criteria_list")
+        if not cl: self.fail("primary_criteria.criteria_list", "a cohort needs at least one primary criteria (the events that can start it)")
+        ow = self.obj(pc.get("observation_window", {}), "primary_criteria.observation_window", (), ("prior_days", "post_days"))
+        e.primary_criteria = PrimaryCriteria(
+            [self.criteria(c, f"primary_criteria.criteria_list[{i}]") for i, c in enumerate(cl)],
+            ObservationWindow(*(self.days(ow.get(k, 0), f"primary_criteria.observation_window.{k}", lo=0) for k in ("prior_days", "post_days"))),
+            self.str_(pc.get("limit", "All"), "primary_criteria.limit", LIMITS))
+        ac = d.get("additional_criteria")
+        e.additional_criteria = None if ac is None else self.group(ac, "additional_criteria")
+        e.qualified_limit = self.str_(d.get("qualified_limit", "First"), "qualified_limit", LIMITS)
+        e.expression_limit = self.str_(d.get("expression_limit", "First"), "expression_limit", LIMITS)
+        for i, r in enumerate(self.list_(d.get("inclusion_rules", []), "inclusion_rules")):
+            p = f"inclusion_rules[{i}]"
+            self.obj(r, p, ("name",), ("expression", "description"))
+            e.inclusion_rules.append(InclusionRule(self.str_(r["name"], self.p(p, "name")),
+                                                   self.group(r.get("expression", {}), self.p(p, "expression")),
+                                                   self.str_(r.get("description", ""), self.p(p, "description"))))
+        es = d.get("end_strategy")
+        if es is not None:
+            if not isinstance(es, dict) or not isinstance(es.get("type"), str) or es["type"] not in _END_STRATEGIES:
+                self.fail("end_strategy.type" if isinstance(es, dict) else "end_strategy",
+                          f"an end strategy is an object whose type is one of {list(_END_STRATEGIES)} (or null: the observation period's end)")
+            if es["type"] == "date_offset":
+                self.obj(es, "end_strategy", ("type", "date_field"), ("offset",))
+                e.end_strategy = DateOffsetStrategy(self.str_(es["date_field"], "end_strategy.date_field", ("StartDate", "EndDate")),
+                                                    self.days(es.get("offset", 0), "end_strategy.offset"))
+            else:
+                self.obj(es, "end_strategy", ("type", "drug_codeset_id"), ("gap_days", "offset", "days_supply_override"))
+                e.end_strategy = CustomEraStrategy(self.codeset(es["drug_codeset_id"], "end_strategy.drug_codeset_id"),
+                                                   self.days(es.get("gap_days", 0), "end_strategy.gap_days", lo=0),
+                                                   self.days(es.get("offset", 0), "end_strategy.offset"),
+                                                   self.days(es.get("days_supply_override"), "end_strategy.days_supply_override", lo=0, optional=True))
+        e.censoring_criteria = [self.criteria(c, f"censoring_criteria[{i}]")
+                                for i, c in enumerate(self.list_(d.get("censoring_criteria", []), "censoring_criteria"))]
+        cs = self.obj(d.get("collapse_settings", {}), "collapse_settings", (), ("collapse_type", "era_pad"))
+        e.collapse_settings = CollapseSettings(self.str_(cs.get("collapse_type", "ERA"), "collapse_settings.collapse_type", ("ERA",)),
+                                               self.days(cs.get("era_pad", 0), "collapse_settings.era_pad", lo=0))
+        cw = d.get("censor_window")
+        e.censor_window = None if cw is None else self.period(cw, "censor_window")
+        if e.censor_window == Period(): e.censor_window = None   # no dates: no censor window
+        return e
+
+def expression_from_dict(d: dict) -> CohortExpression:
+    """A `CohortExpression` from healthbench's JSON form (a dict, or JSON text), validated: kinds and attributes against
+    `KINDS`, value types, operators, concept set ids, limits, group types and counts, and the bounds (days within
+    ±36,500, counts up to 1,000,000, JSON nested up to 64 levels); a `CohortDefinitionError` names the JSON path."""
+    from healthbench.cohort import _load_json, _check_depth, _kind
+    if isinstance(d, (str, bytes, bytearray)): d = _load_json(d)
+    _check_depth(d, limit=MAX_DEPTH)   # before anything recursive walks it (the library's deepest definition has 17 levels)
+    if not isinstance(d, dict): raise CohortDefinitionError(f"expected a cohort expression, a JSON object; got {_kind(d)}")
+    return _V2().expression(d)
+
+def validate_expression(expression: CohortExpression) -> CohortExpression:
+    "`expression` if it is valid (what `expression_from_dict` checks, with the paths of its JSON form), else a `CohortDefinitionError`."
+    expression_from_dict(expression_to_dict(expression))
+    return expression
+
+# %% ../nbs/05b_expression.ipynb #schema01
+# ---- the JSON Schema of schema version 2 ----------------------------------------------------------------------------
+SCHEMA_FILE = "schemas/cohort-v2.schema.json"   # package data, equal to expression_json_schema()
+
+def expression_json_schema() -> dict:
+    """A JSON Schema (draft 2020-12) of healthbench's cohort expression JSON, version 2, derived from the model and
+    `KINDS`. It checks shapes, types, operators, enumerations and bounds; what a schema cannot say (that a codeset id
+    names a concept set of the document, nesting depth) `expression_from_dict` checks."""
+    ref = lambda name: {"$ref": f"#/$defs/{name}"}
+    days = {"type": "integer", "minimum": -MAX_DAYS, "maximum": MAX_DAYS}
+    pos_days = {"type": "integer", "minimum": 0, "maximum": MAX_DAYS}
+    concept_id = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+    codeset_id = {"type": "integer", "minimum": 0}
+    date = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+    number = {"type": "number", "minimum": -MAX_VALUE, "maximum": MAX_VALUE}
+    def obj(props, required=()):
+        return {"type": "object", "properties": props, "required": list(required), "additionalProperties": False}
+    def ranged(value):
+        return {**obj({"op": {"enum": list(NUMERIC_OPS)}, "value": value, "extent": {"anyOf": [value, {"type": "null"}]}},
+                      ("op", "value")),
+                "if": {"properties": {"op": {"enum": ["bt", "!bt"]}}},
+                "then": {"required": ["extent"], "properties": {"extent": value}},
+                "else": {"properties": {"extent": {"type": "null"}}}}
+    attr_schema = {"concepts": {"type": "array", "items": concept_id}, "cs": ref("concept_set_selection"), "codeset": codeset_id,
+                   "numeric": ref("numeric_range"), "date": ref("date_range"), "text": ref("text_filter"), "period": ref("period"),
+                   "flag": {"const": True}}
+    kinds = []
+    for kind, spec in KINDS.items():
+        props = {"kind": {"const": kind}, "first": {"type": "boolean"}, "correlated_criteria": {"anyOf": [ref("group"), {"type": "null"}]},
+                 "date_adjustment": {"anyOf": [ref("date_adjustment"), {"type": "null"}]},
+                 "attrs": obj({a: attr_schema[t] for a, (t, _) in spec.attrs.items()})}
+        props["codeset_id"] = {"anyOf": [codeset_id, {"type": "null"}]} if spec.concept is not None else {"type": "null"}
+        if kind in _NO_FIRST: props["first"] = {"const": False}
+        kinds.append(obj(props, ("kind",)))
+    bound = obj({"days": {"anyOf": [days, {"type": "null"}]}, "coeff": {"enum": [-1, 1]}})
+    window = obj({"start": bound, "end": bound, "use_index_end": {"type": "boolean"}, "use_event_end": {"type": "boolean"}})
+    cs_item = obj({"concept_id": concept_id, "is_excluded": {"type": "boolean"}, "include_descendants": {"type": "boolean"},
+                   "include_mapped": {"type": "boolean"}, "concept": {"type": "object"}}, ("concept_id",))
+    concept_set = obj({"name": {"type": "string", "minLength": 1}, "include": {"type": "array", "items": concept_id},
+                       "codes": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": ["string", "integer"]}}},
+                       "descendants": {"type": "boolean"}, "exclude": {"type": "array", "items": concept_id},
+                       "on_unknown": {"enum": ["error", "warn"]}, "items": {"type": "array", "items": cs_item},
+                       "circe_id": codeset_id}, ("name", "circe_id"))
+    demographic = obj({"age": ref("numeric_range"), "gender": attr_schema["concepts"], "race": attr_schema["concepts"],
+                       "ethnicity": attr_schema["concepts"], "occurrence_start_date": ref("date_range"),
+                       "occurrence_end_date": ref("date_range"), "gender_cs": ref("concept_set_selection"),
+                       "race_cs": ref("concept_set_selection"), "ethnicity_cs": ref("concept_set_selection"),
+                       "ons_ethnicity": {"type": "array", "items": {"type": "string"}},
+                       "imd_quintile": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 5}}})
+    for k in list(demographic["properties"]):
+        if k.endswith(("_cs", "_date")) or k == "age": demographic["properties"][k] = {"anyOf": [demographic["properties"][k], {"type": "null"}]}
+    group = {**obj({"type": {"enum": list(GROUP_TYPES)}, "count": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": MAX_COUNT}, {"type": "null"}]},
+                    "criteria_list": {"type": "array", "items": ref("correlated_criteria")},
+                    "demographic_criteria_list": {"type": "array", "items": ref("demographic_criteria")},
+                    "groups": {"type": "array", "items": ref("group")}}),
+             "if": {"properties": {"type": {"enum": ["AT_LEAST", "AT_MOST"]}}, "required": ["type"]},
+             "then": {"required": ["count"], "properties": {"count": {"type": "integer"}}},
+             "else": {"properties": {"count": {"type": "null"}}}}
+    correlated = obj({"criteria": ref("criteria"), "start_window": window, "end_window": {"anyOf": [window, {"type": "null"}]},
+                      "restrict_visit": {"type": "boolean"}, "ignore_observation_period": {"type": "boolean"},
+                      "occurrence": obj({"type": {"enum": [0, 1, 2]}, "count": {"type": "integer", "minimum": 0, "maximum": MAX_COUNT},
+                                         "is_distinct": {"type": "boolean"},
+                                         "count_column": {"anyOf": [{"enum": list(COUNT_COLUMNS)}, {"type": "null"}]}})},
+                     ("criteria",))
+    limit = {"enum": list(LIMITS)}
+    end_strategy = {"anyOf": [
+        obj({"type": {"const": "date_offset"}, "date_field": {"enum": ["StartDate", "EndDate"]}, "offset": days}, ("type", "date_field")),
+        obj({"type": {"const": "custom_era"}, "drug_codeset_id": codeset_id, "gap_days": pos_days, "offset": days,
+             "days_supply_override": {"anyOf": [pos_days, {"type": "null"}]}}, ("type", "drug_codeset_id")),
+        {"type": "null"}]}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://github.com/healthbench/healthbench/schemas/cohort-v2.schema.json",
+        "title": "healthbench cohort expression, schema version 2",
+        "description": "OHDSI Circe's cohort expression in healthbench's snake_case JSON (healthbench.expression.expression_to_dict).",
+        **obj({"schema_version": {"const": SCHEMA_VERSION}, "concept_sets": {"type": "array", "items": concept_set},
+               "primary_criteria": obj({"criteria_list": {"type": "array", "minItems": 1, "items": ref("criteria")},
+                                        "observation_window": obj({"prior_days": pos_days, "post_days": pos_days}), "limit": limit},
+                                       ("criteria_list",)),
+               "additional_criteria": {"anyOf": [ref("group"), {"type": "null"}]}, "qualified_limit": limit, "expression_limit": limit,
+               "inclusion_rules": {"type": "array", "items": obj({"name": {"type": "string"}, "expression": ref("group"),
+                                                                  "description": {"type": "string"}}, ("name",))},
+               "end_strategy": end_strategy, "censoring_criteria": {"type": "array", "items": ref("criteria")},
+               "collapse_settings": obj({"collapse_type": {"const": "ERA"}, "era_pad": pos_days}),
+               "censor_window": {"anyOf": [ref("period"), {"type": "null"}]}},
+              ("schema_version", "primary_criteria")),
+        "$defs": {"criteria": {"type": "object", "required": ["kind"], "properties": {"kind": {"enum": list(KINDS)}},
+                               "allOf": [{"if": {"properties": {"kind": {"const": k["properties"]["kind"]["const"]}}}, "then": k}
+                                         for k in kinds]},
+                  "group": group, "correlated_criteria": correlated,
+                  "demographic_criteria": demographic, "numeric_range": ranged(number), "date_range": ranged(date),
+                  "text_filter": obj({"op": {"enum": list(TEXT_OPS)}, "text": {"type": "string"}}, ("op", "text")),
+                  "period": obj({"start_date": {"anyOf": [date, {"type": "null"}]}, "end_date": {"anyOf": [date, {"type": "null"}]}}),
+                  "concept_set_selection": obj({"codeset_id": codeset_id, "is_exclusion": {"type": "boolean"}}, ("codeset_id",)),
+                  "date_adjustment": obj({"start_with": {"enum": list(DATE_FIELDS)}, "start_offset": days,
+                                          "end_with": {"enum": list(DATE_FIELDS)}, "end_offset": days})}}
