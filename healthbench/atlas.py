@@ -160,7 +160,7 @@ def _concept_sets(raw: list) -> tuple[dict, list[ConceptSet]]:
     if len(set(names)) != len(names): raise CohortDefinitionError(f"concept set names must be unique; got {names}", path="ConceptSets")
     return by_id, out
 
-def _read(source):
+def _read(source, who: str = "from_atlas"):
     "The plain data of `source`: a dict, JSON text or bytes, or the path of a JSON file."
     if isinstance(source, dict): return source
     if isinstance(source, (bytes, bytearray)): return _load_json(source)
@@ -169,7 +169,7 @@ def _read(source):
         if not (s.endswith(".json") and not s.startswith(("{", "[", '"'))): return _load_json(source)
         source = Path(source)
     if not isinstance(source, os.PathLike):
-        raise InputError(f"from_atlas needs ATLAS JSON text, the path of a JSON file or a dict; got {type(source).__name__}")
+        raise InputError(f"{who} needs ATLAS JSON text, the path of a JSON file or a dict; got {type(source).__name__}")
     p = Path(source)
     if "\x00" in str(p): raise InputError(f"a file name cannot contain a NUL character; got {_show(str(p))}")
     if not p.exists(): raise InputError(f"ATLAS file {p} does not exist")
@@ -682,7 +682,7 @@ class _Atlas:
 
 def _atlas_document(source) -> dict:
     "The Circe expression (a dict) of `source`, unwrapped from an ATLAS/WebAPI export {name, expression, ...} if it is one."
-    doc = _read(source)
+    doc = _read(source, "read_expression")
     _check_depth(doc)
     if not isinstance(doc, dict): raise CohortDefinitionError(f"expected an ATLAS cohort definition, a JSON object; got {_kind(doc)}")
     return doc

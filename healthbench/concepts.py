@@ -106,6 +106,8 @@ class ConceptSet:
         self.items = items
         if items and (self.include or self.exclude or any(self.codes.values())):
             bad("give either Circe items or include/exclude/codes, not both")
+        if items and not self.descendants:
+            bad("descendants=False applies to include/exclude; Circe items carry their own include_descendants")
         self.include, self.exclude = sorted(set(self.include)), sorted(set(self.exclude))
         self.codes = {v: sorted({str(c) for c in cs}) for v, cs in self.codes.items()}
         if not self.include and not any(self.codes.values()) and not items and self.circe_id is None:

@@ -434,7 +434,11 @@ class _V2:
         if kind == "text":
             self.obj(v, path, ("op", "text"))
             return TextFilter(self.str_(v["op"], self.p(path, "op"), TEXT_OPS), self.str_(v["text"], self.p(path, "text")))
-        if kind == "period": return self.period(v, path)
+        if kind == "period":
+            period = self.period(v, path)
+            if period.start_date is None and period.end_date is None:
+                self.fail(path, "a period needs a start_date or an end_date (leave the attribute out when it has neither)")
+            return period
         if kind == "flag":
             if v is not True: self.fail(path, f"a flag attribute is true when set (leave it out when not), got {self.kind(v)}")
             return True
@@ -579,7 +583,7 @@ class _V2:
                                                    self.str_(r.get("description", ""), self.p(p, "description"))))
         es = d.get("end_strategy")
         if es is not None:
-            if not isinstance(es, dict) or es.get("type") not in _END_STRATEGIES:
+            if not isinstance(es, dict) or not isinstance(es.get("type"), str) or es["type"] not in _END_STRATEGIES:
                 self.fail("end_strategy.type" if isinstance(es, dict) else "end_strategy",
                           f"an end strategy is an object whose type is one of {list(_END_STRATEGIES)} (or null: the observation period's end)")
             if es["type"] == "date_offset":
@@ -599,6 +603,7 @@ class _V2:
                                                self.days(cs.get("era_pad", 0), "collapse_settings.era_pad", lo=0))
         cw = d.get("censor_window")
         e.censor_window = None if cw is None else self.period(cw, "censor_window")
+        if e.censor_window == Period(): e.censor_window = None   # no dates: no censor window
         return e
 
 def expression_from_dict(d: dict) -> CohortExpression:
