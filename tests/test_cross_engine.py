@@ -178,3 +178,126 @@ def test_postgres_matches_duckdb(source, duckdb_results):
     finally:
         backend.raw_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         backend.disconnect()
+
+
+# ---- Circe cohort expressions (healthbench.engine) on the same three engines ----------------------------------------------
+from healthbench.engine import generate_expression  # noqa: E402
+from healthbench import expression as X  # noqa: E402
+
+XSETS = [T2, CVD, STATIN, SBP, HT, VISIT, SMOKER, CHOLECYSTECTOMY, INSULIN_PUMP]   # Circe ids 0..8, by position
+_W = lambda a, b, **kw: X.Window(X.WindowBound(None if a is None else abs(a), -1 if a is None or a < 0 else 1),
+                                 X.WindowBound(None if b is None else abs(b), 1 if b is None or b >= 0 else -1), **kw)
+
+
+def _cc(kind, codeset, window=None, occ=(2, 1), attrs=None, **kw):
+    return X.CorrelatedCriteria(X.Criteria(kind, codeset, attrs=attrs or {}, correlated_criteria=kw.pop("nested", None)),
+                                window or _W(None, None), occurrence=X.Occurrence(*occ), **kw)
+
+
+def _x(primary, limit="All", prior=0, post=0, **kw):
+    return X.CohortExpression(concept_sets=XSETS, primary_criteria=X.PrimaryCriteria(
+        primary if isinstance(primary, list) else [primary], X.ObservationWindow(prior, post), limit), **kw)
+
+
+EXPRESSIONS = {
+    "incident t2dm, rules, one year": _x(X.Criteria("ConditionOccurrence", 0, first=True), prior=365, inclusion_rules=[
+        X.InclusionRule("no prior CVD", X.CriteriaGroup("ALL", criteria_list=[_cc("ConditionOccurrence", 1, _W(None, -1), (0, 0))])),
+        X.InclusionRule("high SBP in year before", X.CriteriaGroup("ALL", criteria_list=[
+            _cc("Measurement", 3, _W(-365, 0), attrs={"value_as_number": X.NumericRange("gte", 140)})])),
+        X.InclusionRule("40 to 80", X.CriteriaGroup("ALL", demographic_criteria_list=[X.DemographicCriteria(age=X.NumericRange("bt", 40, 80))]))],
+        end_strategy=X.DateOffsetStrategy("StartDate", 365)),
+    "statin eras after hypertension, censored at CVD": _x(X.Criteria("DrugExposure", 2), additional_criteria=X.CriteriaGroup(
+        "ALL", criteria_list=[_cc("ConditionOccurrence", 4, _W(None, 0))]), qualified_limit="All", expression_limit="All",
+        end_strategy=X.CustomEraStrategy(2, gap_days=30, offset=7), censoring_criteria=[X.Criteria("ConditionOccurrence", 1)],
+        collapse_settings=X.CollapseSettings("ERA", 30)),
+    "last outpatient visit, smoker or procedure at the visit": _x(X.Criteria("VisitOccurrence", 5), limit="Last", inclusion_rules=[
+        X.InclusionRule("smoker or procedure", X.CriteriaGroup("ANY", criteria_list=[
+            _cc("Observation", 6, _W(None, 0)), _cc("ProcedureOccurrence", 7, _W(-1, 1), restrict_visit=True)])),
+        X.InclusionRule("at most one pump", X.CriteriaGroup("AT_MOST", 1, criteria_list=[_cc("DeviceExposure", 8), _cc("Death", None)]))],
+        end_strategy=X.DateOffsetStrategy("EndDate", 0), censor_window=X.Period("2015-01-01", None)),
+    "SBP readings near hypertension, two days of readings": _x(X.Criteria(
+        "Measurement", 3, attrs={"value_as_number": X.NumericRange("bt", 130, 250)},
+        correlated_criteria=X.CriteriaGroup("ALL", criteria_list=[_cc("ConditionOccurrence", 4, _W(-30, 30))])),
+        expression_limit="All", inclusion_rules=[X.InclusionRule("readings on 2 days", X.CriteriaGroup("ALL", criteria_list=[
+            X.CorrelatedCriteria(X.Criteria("Measurement", 3), _W(-180, 180), occurrence=X.Occurrence(2, 2, True, "START_DATE"))]))],
+        end_strategy=X.DateOffsetStrategy("EndDate", 30)),
+}
+
+
+def expression_results(cdm):
+    out = {}
+    for name, x in EXPRESSIONS.items():
+        r = generate_expression(cdm, x)
+        out[name] = (r.to_pandas(), r.attrition)
+    return out
+
+
+@pytest.fixture(scope="module")
+def duckdb_expressions(source):
+    with connect(source[0]) as cdm:
+        res = expression_results(cdm)
+    assert all(len(p) > 0 for p, _ in res.values()), {k: len(p) for k, (p, _) in res.items()}
+    return res
+
+
+def assert_same_expressions(got, want):
+    for name in EXPRESSIONS:
+        pd.testing.assert_frame_equal(got[name][1], want[name][1], obj=f"{name}: attrition")
+        g, w = got[name][0], want[name][0]
+        assert list(g.person_id) == list(w.person_id), name
+        for c in ("cohort_start_date", "cohort_end_date"):
+            assert list(pd.to_datetime(g[c]).dt.date) == list(pd.to_datetime(w[c]).dt.date), f"{name}: {c}"
+
+
+def test_expressions_sqlite_match_duckdb(source, duckdb_expressions, tmp_path):
+    load_sqlite(tmp_path / "cdm.sqlite", source[1])
+    backend = ibis.sqlite.connect(str(tmp_path / "cdm.sqlite"))
+    assert_same_expressions(expression_results(connect(backend)), duckdb_expressions)
+    backend.disconnect()
+
+
+def test_expressions_postgres_match_duckdb(source, duckdb_expressions):
+    url = os.environ.get("HB_POSTGRES_URL")
+    if not url:
+        if os.environ.get("HB_REQUIRE_POSTGRES") == "1":
+            pytest.fail("HB_REQUIRE_POSTGRES=1 but HB_POSTGRES_URL is not set: PostgreSQL did not start")
+        pytest.skip("no PostgreSQL: run `source tests/postgres.sh start` first")
+    backend = ibis.connect(url)
+    schema = f"cdm_{uuid.uuid4().hex[:8]}"
+    backend.create_database(schema)
+    try:
+        for name, table in source[1].items():
+            backend.create_table(name, table, database=schema)
+        backend.raw_sql("ANALYZE")
+        backend.raw_sql("SET statement_timeout = '120s'")
+        assert_same_expressions(expression_results(connect(backend, schema=schema)), duckdb_expressions)
+    finally:
+        backend.raw_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        backend.disconnect()
+
+
+def _collapse(rows: pd.DataFrame) -> list:
+    "Records of a person that overlap or touch merged into one (Circe's era collapse, pad 0), written out plainly."
+    out = []
+    for pid, g in rows.sort_values(["person_id", "cohort_start_date"]).groupby("person_id", sort=True):
+        cur = None
+        for s, e in zip(g.cohort_start_date.dt.date, g.cohort_end_date.dt.date):
+            if cur and s <= cur[2]: cur[2] = max(cur[2], e)
+            else:
+                if cur: out.append(tuple(cur))
+                cur = [pid, s, e]
+        out.append(tuple(cur))
+    return out
+
+
+def test_schema1_cohorts_as_expressions(source):
+    "The schema-1 definitions compiled into expressions: the old engine's rule counts, and its rows once collapsed."
+    from healthbench.engine import expression_from_cohort
+    with connect(source[0]) as cdm:
+        for name, cohort in DEFINITIONS.items():
+            old, new = generate(cdm, cohort), generate_expression(cdm, expression_from_cohort(cohort))
+            pre = len(old.attrition) - len(new.attrition)   # old steps before its last pre-rule step (observation or limit)
+            assert old.attrition[["persons", "records"]].iloc[pre:].values.tolist() == \
+                new.attrition[["persons", "records"]].values.tolist(), name
+            got = [(p, s.date(), e.date()) for p, s, e in new.to_pandas().itertuples(index=False)]
+            assert got == _collapse(old.to_pandas()), name

@@ -1,0 +1,1 @@
+"""Helpers of the Circe property tests: toy CDMs as DuckDB files, Circe JSON from `CohortExpression`, strategies."""
