@@ -451,11 +451,11 @@ class _Atlas:
 
     def attr(self, kind: str, value, path):
         "One attribute of a criteria, by its KINDS type; None when it says nothing (null, false, [])."
-        if value is None or value is False or value == []: return None
+        if value is None or value is False or (isinstance(value, list) and not value): return None
         reader = {"concepts": self.concepts, "cs": self.cs, "codeset": self.codeset, "numeric": self.numeric,
                   "date": self.date_range, "text": self.text_filter, "period": self.period, "flag": self.flag}[kind]
         v = reader(value, path)
-        return v if v not in ([], False) else None
+        return None if v is False or (isinstance(v, list) and not v) else v   # not `in`: codeset 0 == False
 
     # ---- criteria ----
     def criteria(self, d, path) -> Criteria:

@@ -69,7 +69,7 @@ BAD = [  # (template, parameters, error class, message fragment): each refused b
     ("characterise", {"cdm_path": "no/such/cdm.duckdb"}, CDMNotFoundError, "no CDM database at no/such/cdm.duckdb"),
     ("predict", {"outcome": "GI bleeding"}, InputError, "parameter 'outcome': outcome 'GI bleeding' is none of"),
     ("predict", {"outcome": '{"concept_ids": [192671], "domian": "condition"}'}, InputError, r"unknown key\(s\) \['domian'\]"),
-    ("survival", {"outcome": "condition:192671"}, ConceptError, "parameter 'outcome': concept set 'condition 192671': 1 concept ids not in"),
+    ("survival", {"outcome": "condition:192671"}, ConceptError, r"parameter 'outcome': concept set 'condition 192671' resolves to no concepts in this CDM: none of its concept ids \[192671\] is in this CDM's vocabulary"),
     ("fairness", {"covariates": "everything"}, InputError, "parameter 'covariates' must be one of"),
     ("characterise", {"covariates": '[{"name": "mi", "domain": "condition"}]'}, InputError, r"covariates\[0\].concept_ids must be"),
     ("explain", {"covariates": '[{"name": "mi", "domain": "condition", "concept_ids": [4329847, 7]}]'}, ConceptError,
@@ -301,7 +301,7 @@ def test_gibleed_parameters_checked_against_its_vocabulary(gibleed_inputs, tmp_p
             ("predict", {"outcome": g["short"]}, InputError, "'cohort_json' must be given on"),
             ("survival", {"cohort_json": g["cohort"]}, InputError, "'outcome' must be given on"),
             ("predict", {"cohort_json": g["cohort"], "outcome": "condition:201826"}, ConceptError,   # type 2 diabetes: not in GiBleed
-             r"parameter 'outcome': concept set 'condition 201826': 1 concept ids not in this CDM's vocabulary: \[201826\]"),
+             r"parameter 'outcome': concept set 'condition 201826' resolves to no concepts in this CDM: none of its concept ids \[201826\] is in this CDM's vocabulary"),
             ("characterise", {"cohort_json": g["cohort"], "outcome": g["short"], "group": "imd_quintile"}, InputError,
              "parameter 'group': this CDM records no imd_quintile")]:
         with pytest.raises(error, match=message):

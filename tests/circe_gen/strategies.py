@@ -475,7 +475,7 @@ def concept_sets(draw, max_sets: int = 3, first_id: int = 0) -> list[ConceptSet]
         items = draw(st.lists(st.builds(ConceptSetItem, concept_id=st.sampled_from(VOCABULARY), is_excluded=rare,
                                         include_descendants=st.booleans(), include_mapped=rare),
                               min_size=1, max_size=3, unique_by=lambda it: it.concept_id))
-        out.append(ConceptSet(f"set {i}", items=items, circe_id=i))
+        out.append(ConceptSet(f"set {i}", items=items, circe_id=i, on_unknown="warn"))
     return out
 
 
