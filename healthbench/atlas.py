@@ -15,11 +15,12 @@ from .cohort import (Cohort, EntryEvent, Demographics, InclusionRule, Exit, Crit
                                 ValueRange, MAX_AGE, MAX_COUNT, _Reader, _check_depth, _kind, _load_json)
 
 # %% auto #0
-__all__ = ['from_atlas', 'read_expression', 'write_expression']
+__all__ = ['from_atlas', 'read_expression', 'write_expression', 'to_atlas']
 
 # %% ../nbs/05a_atlas.ipynb #d7ded896
 _DOMAIN = {"ConditionOccurrence": "condition", "DrugExposure": "drug", "Measurement": "measurement",
-           "Observation": "observation", "VisitOccurrence": "visit"}
+           "Observation": "observation", "VisitOccurrence": "visit", "ProcedureOccurrence": "procedure",
+           "DeviceExposure": "device"}
 _OCCURRENCE = {0: "exactly", 1: "at_most", 2: "at_least"}
 _GENDER = {8507: "male", 8532: "female"}
 _r = _Reader()   # the type and bound checks of Cohort.from_dict, with ATLAS paths
@@ -48,11 +49,12 @@ def _flag(v, path: str) -> bool:
     return bool(v)
 
 def _only(d: dict, path: str, allowed, ignore_falsy=()):
-    "Refuse keys outside `allowed`; keys in `ignore_falsy` are accepted when false/null/empty."
+    """Refuse keys outside `allowed` unless their value means 'not set' (null, false, an empty list, object or text, as
+    ATLAS writes every field it has: `ConditionTypeExclude: false`); keys in `ignore_falsy` also when 0."""
     _obj(d, path, optional=False)
     for k, v in d.items():
-        if k in allowed: continue
-        if k in ignore_falsy and not v: continue
+        if k in allowed or (k in ignore_falsy and not v): continue
+        if v is None or v is False or (isinstance(v, (list, dict, str)) and not v): continue
         _unsupported(f"{path}.{k}" if path else str(k))
 
 def _age(a: dict, path: str) -> tuple[int | None, int | None]:
@@ -191,8 +193,8 @@ def from_atlas(source, name: str | None = None) -> Cohort:
         _obj(expr, "expression", optional=False)
     else: expr = doc
     _only(expr, "", ("ConceptSets", "PrimaryCriteria", "QualifiedLimit", "ExpressionLimit", "InclusionRules",
-                     "EndStrategy", "CollapseSettings", "cdmVersionRange", "Title"),
-          ignore_falsy=("CensoringCriteria", "AdditionalCriteria", "CensorWindow"))
+                     "EndStrategy", "CollapseSettings", "cdmVersionRange", "Title", "CensoringCriteria"),
+          ignore_falsy=("AdditionalCriteria", "CensorWindow"))
     by_id, sets = _concept_sets(_list(expr.get("ConceptSets"), "ConceptSets"))
 
     pc = expr.get("PrimaryCriteria")
@@ -237,18 +239,22 @@ def from_atlas(source, name: str | None = None) -> Cohort:
         _unsupported(f"PrimaryCriteria.CriteriaList[0].{kind}.Age", "Age/Gender on the primary criterion before a First limit")
     set_demo(body.get("Age"), body.get("Gender"), f"PrimaryCriteria.CriteriaList[0].{kind}")
 
-    for key in ("QualifiedLimit", "ExpressionLimit"):
-        t = _obj(expr.get(key), key).get("Type", "All")
-        _text(t, f"{key}.Type")
-        if t not in ("All", "First") or (t == "First" and limit != "First" and key == "ExpressionLimit"):
-            _unsupported(f"{key}.Type", f"{t!r} limit after the primary criteria")
-    if limit == "All" and expr.get("CollapseSettings"):
-        _unsupported("CollapseSettings", "era collapse of a person's overlapping records (PrimaryCriteriaLimit All)")
+    # without additional criteria the qualified limit changes nothing; the expression limit changes nothing when each
+    # person has one record by then (the first event, or the earliest-record limit); the builder keeps every record
+    _text(_obj(expr.get("QualifiedLimit"), "QualifiedLimit").get("Type"), "QualifiedLimit.Type")
+    t = _obj(expr.get("ExpressionLimit"), "ExpressionLimit").get("Type", "All")
+    _text(t, "ExpressionLimit.Type")
+    if t not in ("All", "First") or (t == "First" and limit != "First" and not first):
+        _unsupported("ExpressionLimit.Type", f"{t!r} limit after the primary criteria")
     cs_ = _obj(expr.get("CollapseSettings"), "CollapseSettings")
     _only(cs_, "CollapseSettings", ("CollapseType",), ignore_falsy=("EraPad",))
+    if cs_.get("EraPad"): _unsupported("CollapseSettings.EraPad", "records merged across a gap (the builder merges only overlaps)")
 
     rules = []
     for i, r in enumerate(_list(expr.get("InclusionRules"), "InclusionRules")):
+        if rules and _list(_obj(r.get("expression"), f"InclusionRules[{i}].expression").get("DemographicCriteriaList"), ""):
+            _unsupported(f"InclusionRules[{i}].expression.DemographicCriteriaList",
+                         "a demographic rule after other rules (the builder's demographics come first)")
         path = f"InclusionRules[{i}]"
         _only(r, path, ("name", "expression"), ignore_falsy=("description",))
         ex = _obj(r.get("expression"), f"{path}.expression")
@@ -260,10 +266,23 @@ def from_atlas(source, name: str | None = None) -> Cohort:
                 _only(dc, f"{path}.expression.DemographicCriteriaList[{k}]", ("Age", "Gender"))
                 set_demo(dc.get("Age"), dc.get("Gender"), f"{path}.expression.DemographicCriteriaList[{k}]")
             continue
-        rules.append(InclusionRule(_text(r.get("name"), f"{path}.name") or f"rule {i + 1}", _group(ex, f"{path}.expression", by_id)))
+        g = _group(ex, f"{path}.expression", by_id)
+        if g.kind == "all" and len(g.items) == 1: g = g.items[0]   # a rule of one criterion or one group is that item
+        rules.append(InclusionRule(_text(r.get("name"), f"{path}.name") or f"rule {i + 1}", g))
 
     es = expr.get("EndStrategy")
-    if es is None or es == {}: exit_ = Exit("observation_end")
+    censor = _list(expr.get("CensoringCriteria"), "CensoringCriteria")
+    if censor:   # the builder's exit at an event or at death: one censoring criteria, with no end strategy
+        if len(censor) > 1: _unsupported("CensoringCriteria", f"{len(censor)} censoring criteria; the builder exits at one")
+        if es: _unsupported("CensoringCriteria", "censoring as well as an end strategy")
+        c0 = _obj(censor[0], "CensoringCriteria[0]", optional=False)
+        if list(c0) == ["Death"]:
+            _only(_obj(c0["Death"], "CensoringCriteria[0].Death"), "CensoringCriteria[0].Death", ())
+            exit_ = Exit("death")
+        else:
+            d_, cs_name, _ = _criteria(censor[0], "CensoringCriteria[0]", by_id)
+            exit_ = Exit("event", concept_set=cs_name, domain=d_)
+    elif es is None or es == {}: exit_ = Exit("observation_end")
     else:
         _only(es, "EndStrategy", ("DateOffset",))
         if es.get("DateOffset") is None: _r.fail("EndStrategy.DateOffset", "required field is missing")
@@ -272,7 +291,8 @@ def from_atlas(source, name: str | None = None) -> Cohort:
         field_ = _text(off.get("DateField"), "EndStrategy.DateOffset.DateField")
         if field_ != "StartDate": _unsupported("EndStrategy.DateOffset.DateField", f"{field_!r}")
         exit_ = Exit("fixed", days=_r.days(off.get("Offset", 0), "EndStrategy.DateOffset.Offset", lo=0))
-    used = {entry.concept_set} | {c.concept_set for r in rules for c in _flatten(r.rule)}
+    used = {entry.concept_set} | {c.concept_set for r in rules for c in _flatten(r.rule)} | \
+           ({exit_.concept_set} if exit_.strategy == "event" else set())
     cohort = Cohort(name or _text(expr.get("Title"), "Title") or "ATLAS cohort", [s for s in sets if s.name in used], entry, demo,
                     rules, exit_, description="imported from ATLAS (Circe) JSON")
     return Cohort.from_dict(cohort.to_dict())   # the same validation as any definition
@@ -801,3 +821,13 @@ def write_expression(expression: CohortExpression) -> dict:
           "CollapseSettings": {"CollapseType": e.collapse_settings.collapse_type, "EraPad": e.collapse_settings.era_pad},
           "CensorWindow": {} if e.censor_window is None else _w_period(e.censor_window)}
     return d
+
+# %% ../nbs/05a_atlas.ipynb #176f2a03
+def to_atlas(cohort) -> dict:
+    """`cohort` (a builder `Cohort` or a `CohortExpression`) as Circe (ATLAS) JSON: what ATLAS imports and Circe runs, with
+    the meaning `healthbench.cohort.generate` gives it."""
+    from healthbench.expression import CohortExpression
+    if isinstance(cohort, Cohort): x = cohort.to_expression()
+    elif isinstance(cohort, CohortExpression): x = cohort
+    else: raise InputError(f"to_atlas() needs a Cohort or a CohortExpression; got {type(cohort).__name__}")
+    return write_expression(x)

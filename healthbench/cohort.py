@@ -437,19 +437,6 @@ class CohortBuilder:
 Cohort.builder = staticmethod(CohortBuilder)
 
 # %% ../nbs/05_cohort.ipynb #1859947d
-@ibis.udf.scalar.builtin(name="date")
-def _sqlite_date(d: _dt.date, modifier: str) -> _dt.date:
-    "SQLite's date(d, '+N days')."
-
-@ibis.udf.scalar.builtin(name="add")
-def _duckdb_add(d: _dt.date, days: int) -> _dt.date:
-    "DuckDB's date + integer, which is a date (date + interval is a timestamp there, slower to compare with dates)."
-
-def _add_days(backend_name: str, d, days: int):
-    if backend_name == "sqlite": return _sqlite_date(d, f"{days:+d} days")
-    if backend_name == "duckdb": return _duckdb_add(d, days)
-    return (d + ibis.interval(days=days)).cast("date")
-
 def _days(a, b):
     "Whole days from date `b` to date `a` (a - b)."
     return a.delta(b, unit="day")
@@ -476,92 +463,6 @@ def _domain_table(cdm, domain: str) -> ibis.Table:
     table, concept_col, date_col, value_col = DOMAINS[domain]
     cols = {concept_col: "int64", date_col: "date", **({value_col: "float64"} if value_col else {})}
     return _table_or_empty(cdm, table, cols, f"criteria on the {domain} domain find no events")
-
-def _events(cdm, domain: str, ids: list[int], value: ValueRange | None) -> ibis.Table:
-    table, concept_col, date_col, value_col = DOMAINS[domain]
-    t = _domain_table(cdm, domain)
-    t = t.filter(_isin(t[concept_col], ids, cdm.backend.name))
-    if value is not None:
-        v = t[value_col]
-        cond = v.notnull()
-        if value.min is not None: cond &= v >= value.min
-        if value.max is not None: cond &= v <= value.max
-        t = t.filter(cond)
-    return t.select(person_id=t.person_id, event_date=t[date_col].cast("date"))
-
-def _all(conds: list):
-    "The conjunction of a non-empty list of boolean expressions."
-    out = conds[0]
-    for c in conds[1:]: out &= c
-    return out
-
-def _window_cond(j, dialect: str, window: Window) -> list:
-    "Event date within `window` days of the index date, as plain date comparisons (none for an unbounded side)."
-    conds = []
-    if window.start is not None: conds.append(j.event_date >= _add_days(dialect, j.index_date, window.start))
-    if window.end is not None: conds.append(j.event_date <= _add_days(dialect, j.index_date, window.end))
-    return conds
-
-def _value_cond(v, value: ValueRange | None) -> list:
-    if value is None: return []
-    conds = [v.notnull()]
-    if value.min is not None: conds.append(v >= value.min)
-    if value.max is not None: conds.append(v <= value.max)
-    return conds
-
-def _any(conds: list):
-    "The disjunction of a non-empty list of boolean expressions."
-    out = conds[0]
-    for c in conds[1:]: out |= c
-    return out
-
-def _span(leaves, exit_: bool) -> Window:
-    "The union of the leaves' windows (and, for an exit event, [0, open)) as one window."
-    starts = [c.window.start for _, c in leaves] + ([0] if exit_ else [])
-    ends = [c.window.end for _, c in leaves] + ([None] if exit_ else [])
-    return Window(None if None in starts else min(starts), None if None in ends else max(ends))
-
-def _scan_all(cdm, records: ibis.Table, groups: dict, ids: dict, exit_key, dialect: str) -> ibis.Table:
-    """One join of the records with the events of every (domain, concept set) group, aggregated per record
-    (person_id, index_date): for each leaf `_c<i>`, its events in the record's observation period and window; `_x`,
-    the earliest exit event on or after the index date in the period."""
-    many = len(groups) > 1
-    need_value = any(c.value is not None for members in groups.values() for _, c in members)
-    parts = []
-    for g, ((domain, cs), members) in enumerate(groups.items()):
-        table, concept_col, date_col, value_col = DOMAINS[domain]
-        t = _domain_table(cdm, domain)
-        t = t.filter(_isin(t[concept_col], ids[cs], dialect))
-        cols = dict(person_id=t.person_id, event_date=t[date_col].cast("date"))
-        if need_value:
-            cols["value"] = (t[value_col] if value_col and any(c.value is not None for _, c in members)
-                             else ibis.null()).cast("float64")
-        if many: cols["_g"] = ibis.literal(g, "int32")
-        parts.append(t.select(**cols))
-    if any(p.schema() != parts[0].schema() for p in parts):   # tables typed differently (int32 and int64 ids, NOT NULL or not)
-        parts = [p.mutate(person_id=p.person_id.cast("int64"), event_date=p.event_date.cast("date"),
-                          **({"value": p.value.cast("float64")} if need_value else {})) for p in parts]
-    ev = parts[0].union(*parts[1:]) if many else parts[0]
-    # each group's date bounds are computed once per record (not once per event pair), then compared in the join
-    r, spans, bounds = records.view(), [], {}
-    for g, (key, members) in enumerate(groups.items()):
-        span = _span(members, key == exit_key)
-        spans.append(span)
-        bounds[f"_lo{g}"] = r.op_start if span.start is None else ibis.greatest(r.op_start, _add_days(dialect, r.index_date, span.start))
-        bounds[f"_hi{g}"] = r.op_end if span.end is None else ibis.least(r.op_end, _add_days(dialect, r.index_date, span.end))
-    rb = r.select("person_id", "index_date", **bounds)
-    within = [_all(([ev._g == g] if many else []) + [ev.event_date >= rb[f"_lo{g}"], ev.event_date <= rb[f"_hi{g}"]])
-              for g in range(len(groups))]
-    j = rb.join(ev, [rb.person_id == ev.person_id, _any(within)])
-    aggs = {}
-    for g, (key, members) in enumerate(groups.items()):
-        mine = [j._g == g] if many else []
-        for i, c in members:
-            conds = mine + (_window_cond(j, dialect, c.window) if c.window != spans[g] else []) \
-                    + _value_cond(j.value if need_value else None, c.value)
-            aggs[f"_c{i}"] = j.count(where=_all(conds)) if conds else j.count()
-        if key == exit_key: aggs["_x"] = j.event_date.min(where=_all(mine + [j.event_date >= j.index_date]))
-    return j.group_by(["person_id", "index_date"]).aggregate(**aggs)
 
 # %% ../nbs/05_cohort.ipynb #40c62389
 class Attrition(pd.DataFrame):
@@ -595,28 +496,29 @@ class Attrition(pd.DataFrame):
 
 @dataclass
 class CohortResult:
-    "A generated cohort: the cohort table as an ibis expression, its attrition, and its SQL."
-    cohort: Cohort
+    "A generated cohort: the cohort table as an ibis expression, ATLAS's attrition, and its SQL."
+    cohort: object                  # the Cohort or CohortExpression generated
     table: ibis.Table
     attrition: Attrition
     concept_ids: dict[str, list[int]]
     source: object = None
     cdm: object = None
-    _fetch_sql: str | None = field(default=None, repr=False)   # the cohort table's SQL, compiled while DuckDB worked
+    _expression_result: object = field(default=None, repr=False)   # the engine's result (stages, codesets)
+
+    @property
+    def expression(self):
+        "The Circe expression that was generated."
+        return self._expression_result.expression
 
     def to_pandas(self) -> pd.DataFrame:
-        "The cohort table (person_id, cohort_start_date, cohort_end_date) as pandas."
-        if self._fetch_sql is not None:
-            got = self.source.con.execute(self._fetch_sql).arrow()
-            df = (got.read_all() if hasattr(got, "read_all") else got).to_pandas(date_as_object=False)
-            for c in ("cohort_start_date", "cohort_end_date"): df[c] = df[c].astype("datetime64[s]")   # as ibis gives
-        else: df = self.table.to_pandas()
+        "The cohort table (person_id, cohort_start_date, cohort_end_date) as pandas, sorted."
+        df = self.table.to_pandas()
         for c in ("cohort_start_date", "cohort_end_date"): df[c] = pd.to_datetime(df[c])
-        return df
+        return df.sort_values(["person_id", "cohort_start_date", "cohort_end_date"]).reset_index(drop=True)
 
     def to_sql(self, dialect: str = "duckdb") -> str:
         "The self-contained SQL that produces the cohort table, in `dialect` (duckdb, postgres, sqlite, snowflake, …)."
-        return ibis.to_sql(_plan(self.cdm, self.cohort, self.concept_ids, dialect).table, dialect=dialect)
+        return self._expression_result.to_sql(dialect)
 
     def materialise(self, work, name: str = "cohort", *, overwrite: bool = False) -> ibis.Table:
         "Write the cohort table into `work`, an ibis backend for results — never the CDM's own connection."
@@ -628,292 +530,98 @@ class CohortResult:
 
     def __repr__(self):
         last = self.attrition.iloc[-1]
-        return f"CohortResult({self.cohort.name!r}: {last.persons:,} persons, {last.records:,} records)"
+        name = getattr(self.cohort, "name", "cohort")
+        return f"CohortResult({name!r}: {last.persons:,} persons, {last.records:,} records)"
+
+def _to_expression(self: Cohort):
+    "This cohort as a Circe expression: what `generate` runs and `atlas.to_atlas` writes."
+    from healthbench.engine import expression_from_cohort
+    return expression_from_cohort(self)
+Cohort.to_expression = _to_expression
 
 # %% ../nbs/05_cohort.ipynb #d3560385
-def _int(v) -> int: return 0 if v is None or pd.isna(v) else int(v)
-
-@dataclass
-class _Plan:
-    pre_counts: list           # (step, description, one-row ibis expression with _p<k>, _r<k>) for entry, observation, limit
-    wide: ibis.Table           # one row per record: person_id, index_date, cohort_end_date, a boolean _s<i> per later step
-    step_labels: list[tuple]   # (step, description) of the _s<i> steps
-    table: ibis.Table          # the cohort table
-
-def _keep(kind: str, t): return t
-
 def _temp_name() -> str:
     import uuid
     return f"_hb_{uuid.uuid4().hex[:16]}"
 
-def _duckdb_temp(backend, t: ibis.Table) -> tuple[str, ibis.Table]:
-    "The statement that stores `t` as a DuckDB session temp table, and that table from `t`'s schema (no catalog query)."
-    import ibis.expr.operations as ops
-    name = _temp_name()
-    table = ops.DatabaseTable(name, schema=t.schema(), source=backend,
-                              namespace=ops.Namespace(catalog="temp", database="main")).to_expr()
-    return f'CREATE TEMP TABLE "{name}" AS {backend.compile(t)}', table
-
 def _temp_tables(backend):
     "Stores an intermediate result as a session temp table (never in the source), or keeps the expression if it cannot."
     def store(t):
-        if backend.name == "duckdb":   # one CREATE ... AS statement
-            sql, table = _duckdb_temp(backend, t)
-            backend.con.execute(sql)
-            return table
+        if backend.name == "duckdb":   # one CREATE ... AS statement, without a catalog query
+            import ibis.expr.operations as ops
+            name = _temp_name()
+            backend.con.execute(f'CREATE TEMP TABLE "{name}" AS {backend.compile(t)}')
+            return ops.DatabaseTable(name, schema=t.schema(), source=backend,
+                                     namespace=ops.Namespace(catalog="temp", database="main")).to_expr()
         try: return backend.create_table(_temp_name(), t, temp=True)
         except Exception: return t
     return store
 
-class _Background:
-    """Creates DuckDB temp tables in a worker thread, in order, while the caller goes on building and compiling the
-    rest of the query: `store(t)` returns the table at once; leaving the `with` block waits for every statement (and
-    re-raises the first error). The caller must not use the connection until then."""
-    def __init__(self, backend):
-        from concurrent.futures import ThreadPoolExecutor
-        self.backend, self._pool, self._jobs = backend, ThreadPoolExecutor(1), []
-    def store(self, t: ibis.Table) -> ibis.Table:
-        "`t` as a temp table, created after the statements before it."
-        sql, table = _duckdb_temp(self.backend, t)
-        self._jobs.append(self._pool.submit(self.backend.con.execute, sql))
-        return table
-    def row(self, q: ibis.Table):
-        "A future of the single row of `q` as a dict, run after the statements before it."
-        sql, cols, con = self.backend.compile(q), q.columns, self.backend.con
-        job = self._pool.submit(lambda: dict(zip(cols, con.execute(sql).fetchone())))
-        self._jobs.append(job)
-        return job
-    def __enter__(self): return self
-    def __exit__(self, *exc):
-        errors = []
-        for j in self._jobs:
-            try: j.result()
-            except Exception as e: errors.append(e)
-        self._pool.shutdown()
-        if errors and exc[0] is None: raise errors[0]
-        return False
-
 class GenerationCache:
-    """Keeps the reusable pieces of `generate` for one CDM between calls — resolved concept sets, the entry events
-    joined to their observation periods, each event scan, the IMD lookup — as session temp tables, so that an
-    interactive edit (a slider, a rule) recomputes only what it changed. For a builder widget; a one-off `generate`
-    does not need it."""
-    def __init__(self, cdm):
-        self.cdm, self._ids, self._tables = cdm, {}, {}
-        self._store = _temp_tables(cdm.backend)
-        self.hits = self.misses = 0
+    """For a builder that regenerates after every edit: `generate(cdm, cohort, cache)` drops the stage tables (session
+    temp tables) of the cache's previous cohort before making the next, so a long session does not pile them up. The
+    previous result's `table` is unusable after that."""
+    def __init__(self, cdm): self.cdm, self.last, self.dropped = cdm, None, 0
 
-    def ids(self, sets: list) -> dict[str, list[int]]:
-        "Resolved concept ids of `sets`, resolving only sets not seen before."
-        keys = [json.dumps(cs.to_dict(), sort_keys=True) for cs in sets]
-        new = [(k, cs) for k, cs in zip(keys, sets) if k not in self._ids]
-        if new:
-            for (k, _), got in zip(new, resolve_many(self.cdm, [cs for _, cs in new])): self._ids[k] = got
-        return {cs.name: self._ids[k] for k, cs in zip(keys, sets)}
+    def _replace(self, result: "CohortResult"):
+        if self.last is not None and self.last._expression_result is not None:
+            self.dropped += len(self.last._expression_result.stages)
+            self.last._expression_result.drop_stages()
+        self.last = result
 
-    def table(self, key: tuple, make) -> ibis.Table:
-        "The temp table stored for `key`, made (and stored) by `make()` the first time."
-        if key in self._tables: self.hits += 1
-        else:
-            self.misses += 1
-            self._tables[key] = self._store(make())
-        return self._tables[key]
-
-def _tally(t: ibis.Table, k: int) -> ibis.Table:
-    "One row: the persons `_p<k>` and records `_r<k>` in `t`."
-    return t.aggregate(**{f"_p{k}": t.person_id.nunique(), f"_r{k}": t.count()})
-
-def _plan(cdm, cohort: Cohort, ids: dict[str, list[int]], dialect: str, store=_keep, counts: bool = False,
-          cache: GenerationCache | None = None) -> _Plan:
-    """All expressions for `cohort` on `cdm`, compiled for `dialect`. `store(kind, table)` may materialise the
-    intermediate `entry`, `records` and `wide` tables; with `counts`, `wide` also carries the counts of the steps
-    before it (`_p<k>`, `_r<k>` on every row), so that the whole attrition is one query on it."""
-    e = cohort.entry
-    # 1. entry events: distinct (person, date); 'first' keeps each person's first ever date
-    def make_entry():
-        ev = _events(cdm, e.domain, ids[e.concept_set], e.value)
-        ev = ev.group_by("person_id").aggregate(event_date=ev.event_date.min()) if e.occurrence == "first" else ev.distinct()
-        return ev.select("person_id", index_date=ev.event_date)
-    op = cdm.observation_period
-    op = op.select(op.person_id, op_start=op.observation_period_start_date.cast("date"),
-                   op_end=op.observation_period_end_date.cast("date"))
-    def in_period(entry):
-        j = entry.join(op, [entry.person_id == op.person_id, op.op_start <= entry.index_date, entry.index_date <= op.op_end])
-        return j.select("person_id", "index_date", "op_start", "op_end")
-    if cache is None:
-        entry = store("entry", make_entry())
-        base = None
-    else:   # the entry events and their periods, before the days filter, are kept for later edits
-        ekey = ("entry", e.domain, tuple(ids[e.concept_set]), e.occurrence, repr(e.value))
-        entry = cache.table(ekey, make_entry)
-        base = cache.table(("in_period",) + ekey, lambda: in_period(entry))
-    pre = [("entry events", "entry events", _tally(entry, 0))]
-    # 2. observation: inside a period, with the required days before and after
-    j = in_period(entry) if base is None else base
-    records = j.filter((_days(j.index_date, j.op_start) >= e.prior_observation_days)
-                       & (_days(j.op_end, j.index_date) >= e.post_observation_days)).select("person_id", "index_date", "op_start", "op_end")
-    records = store("records", records) if base is None else records
-    pre.append(("observation", f"observation: {e.prior_observation_days} days before, {e.post_observation_days} after",
-                _tally(records, 1)))
-    # 3. limit: earliest qualifying record per person
-    if e.limit == "earliest":
-        records = records.mutate(_first=records.index_date.min().over(group_by=records.person_id))
-        records = records.filter(records.index_date == records._first).drop("_first")
-        pre.append(("limit", "limit: earliest record per person", _tally(records, 2)))
-    records = records.distinct()
-
-    # 4-6. one flat join chain from the records to what the criteria and the exit need, then one select: a boolean
-    # per step and the end date of every record
-    d, x = cohort.demographics, cohort.exit
-    p = cdm.person.select(_pid="person_id", year_of_birth="year_of_birth", gender_concept_id="gender_concept_id",
-                          race_source_value="race_source_value")
-    f = records.left_join(p, records.person_id == p._pid)
-    checks, labels = [], []
+def _describe_rules(cohort: Cohort) -> dict[str, str]:
+    "Words for the builder's demographic steps (the rules say themselves by name)."
+    d, out = cohort.demographics, {}
     if d.age_min is not None or d.age_max is not None:
-        age = records.index_date.year() - p.year_of_birth
-        cond = []
-        if d.age_min is not None: cond.append(age >= d.age_min)
-        if d.age_max is not None: cond.append(age <= d.age_max)
-        checks.append(_all(cond)); labels.append(("age", f"age {'' if d.age_min is None else d.age_min}–{'' if d.age_max is None else d.age_max}"))
-    if d.sex is not None:
-        checks.append(p.gender_concept_id.isin([SEX[s] for s in d.sex])); labels.append(("sex", f"sex: {', '.join(d.sex)}"))
-    if d.ethnicity is not None:
-        checks.append(p.race_source_value.isin(d.ethnicity)); labels.append(("ethnicity", f"ethnicity: {'; '.join(d.ethnicity)}"))
-    if d.imd_quintile is not None:
-        o = _table_or_empty(cdm, "observation", {"observation_concept_id": "int64", "observation_source_concept_id": "int64",
-                                                 "observation_date": "date", "value_as_number": "float64"},
-                            "nobody has an IMD quintile, so the IMD criterion keeps no one")
-        imd = o.filter((o.observation_concept_id == V.IMD_CONCEPT) | (o.observation_source_concept_id == V.IMD_CONCEPT))
-        imd = imd.select(person_id=imd.person_id, imd_date=imd.observation_date.cast("date"), imd_value=imd.value_as_number)
-        def make_latest():
-            keys = (records if base is None else base).select("person_id", "index_date")
-            jj = keys.join(imd, [keys.person_id == imd.person_id, imd.imd_date <= keys.index_date])
-            jj = jj.mutate(_latest=jj.imd_date.max().over(group_by=[jj.person_id, jj.index_date]))
-            jj = jj.filter(jj.imd_date == jj._latest)
-            return jj.group_by(["person_id", "index_date"]).aggregate(imd_quintile=jj.imd_value.min())
-        latest = make_latest() if base is None else cache.table(("imd",) + ekey, make_latest)
-        latest = latest.rename(_ip="person_id", _id="index_date")
-        f = f.left_join(latest, [records.person_id == latest._ip, records.index_date == latest._id])
-        checks.append(latest.imd_quintile.isin([float(q) for q in d.imd_quintile]))
-        labels.append(("imd_quintile", f"IMD quintile: {', '.join(map(str, d.imd_quintile))}"))
-    # leaves on the same domain and concept set share one scan of the events; so does an exit event on them
-    leaves = _leaves([r.rule for r in cohort.inclusion_rules])
-    groups: dict[tuple, list] = {}
-    for i, c in enumerate(leaves): groups.setdefault((c.domain, c.concept_set), []).append((i, c))
-    exit_key = (x.domain, x.concept_set) if x.strategy == "event" else None
-    if exit_key: groups.setdefault(exit_key, [])
-    if base is None:   # one join of the records with the events of every concept set
-        numbers = {i: i for members in groups.values() for i, _ in members}
-        scans = [(_scan_all(cdm, records, groups, ids, exit_key, dialect), numbers, exit_key is not None)] if groups else []
-    else:   # for later edits: one scan per (entry, concept set, windows), its leaves numbered locally
-        scans = []
-        for key, members in groups.items():
-            local, is_exit = [(k, c) for k, (_, c) in enumerate(members)], key == exit_key
-            skey = ("scan",) + ekey + (key[0], tuple(ids[key[1]]), repr([(c.window, c.value) for _, c in local]), is_exit)
-            scan = cache.table(skey, lambda: _scan_all(cdm, base, {key: local}, ids, key if is_exit else None, dialect))
-            scans.append((scan, {i: k for k, (i, _) in enumerate(members)}, is_exit))
-    leaf_counts, exit_date = {}, None
-    for scan, numbers, has_exit in scans:
-        f = f.left_join(scan, [records.person_id == scan.person_id, records.index_date == scan.index_date])
-        leaf_counts.update({i: scan[f"_c{k}"].fill_null(0) for i, k in numbers.items()})
-        if has_exit: exit_date = scan._x
-    counter = iter([leaf_counts[i] for i in range(len(leaves))])
-    for r in cohort.inclusion_rules:
-        checks.append(_rule_flag(r.rule, counter)); labels.append((r.name, r.name))
-    if x.strategy == "fixed":
-        end = ibis.ifelse(_days(records.op_end, records.index_date) <= x.days, records.op_end,
-                          _add_days(dialect, records.index_date, x.days))
-    elif x.strategy == "observation_end":
-        end = records.op_end
-    elif x.strategy == "event":
-        end = exit_date.fill_null(records.op_end)
-    else:   # the person's earliest death date, wherever it falls, if it is in [index, period end]
-        dt_ = _table_or_empty(cdm, "death", {"death_date": "date"}, "no deaths are recorded, so records end at observation end")
-        death = dt_.group_by("person_id").aggregate(_death=dt_.death_date.cast("date").min()).rename(_dp="person_id")
-        f = f.left_join(death, records.person_id == death._dp)
-        inside = ((death._death >= records.index_date) & (death._death <= records.op_end)).fill_null(False)
-        end = inside.ifelse(death._death, records.op_end)
-    cols = {"person_id": records.person_id, "index_date": records.index_date, "cohort_end_date": end.cast("date"),
-            **{f"_s{i}": c.fill_null(False) for i, c in enumerate(checks)}}
-    if counts:   # scalar subqueries, cheaper to build and compile than cross joins
-        for _, _, q in pre: cols.update({c: q[c].as_scalar() for c in q.columns})
-    wide = store("wide", f.select(**cols))
-    kept = wide.filter(*[wide[f"_s{i}"] for i in range(len(checks))]) if checks else wide
-    table = kept.select(person_id=kept.person_id, cohort_start_date=kept.index_date, cohort_end_date=kept.cohort_end_date)
-    return _Plan(pre, wide, labels, table.order_by(["person_id", "cohort_start_date"]))
-
-def generate(cdm, cohort: Cohort, cache: GenerationCache | None = None) -> CohortResult:
-    "Generate `cohort` on `cdm`: the cohort table (an ibis expression) and its attrition; `cache` reuses earlier work."
-    if not isinstance(cohort, Cohort):
-        raise InputError(f"generate() needs a Cohort; got {type(cohort).__name__} (use Cohort.from_json for JSON)")
-    if cache is not None and cache.cdm is not cdm: raise InputError("the GenerationCache belongs to another CDM")
-    ids = cache.ids(cohort.concept_sets) if cache is not None else \
-        dict(zip([cs.name for cs in cohort.concept_sets], resolve_many(cdm, cohort.concept_sets)))
-    dialect = cdm.backend.name
-    for name in _tables_read(cohort): _cdm_table(cdm, name)   # looked up now: below, a worker thread uses the connection
-    # entry, records and the one-row-per-record `wide` table go to session temp tables, so the attrition and the
-    # cohort table read `wide` rather than recompute it (and SQLite's parser never sees the fully nested query).
-    # On DuckDB a worker thread creates them while this thread builds and compiles the next statement, and the
-    # attrition and cohort-table queries are compiled while DuckDB works. to_sql() stays one query.
-    fetch_sql = None
-    if dialect == "duckdb" and cache is None:
-        with _Background(cdm.backend) as bg:
-            plan = _plan(cdm, cohort, ids, dialect, store=lambda kind, t: bg.store(t), counts=True)
-            row = bg.row(_attrition_query(plan))
-            fetch_sql = cdm.backend.compile(plan.table)
-        got = row.result()
-    else:
-        temp = _temp_tables(cdm.backend)
-        store = (lambda kind, t: temp(t) if kind == "wide" else t) if dialect == "duckdb" else (lambda kind, t: temp(t))
-        plan = _plan(cdm, cohort, ids, dialect, store=store, counts=True, cache=cache)
-        got = _one_row(cdm.backend, _attrition_query(plan))
-    if got["_p0"] is None:   # no records at all: only the entry step can be non-zero, and it needs its own query
-        got.update(plan.pre_counts[0][2].to_pyarrow().to_pylist()[0])
-    rows = [{"step": step, "persons": _int(got[f"_p{k}"]), "records": _int(got[f"_r{k}"]), "description": desc}
-            for k, (step, desc, _) in enumerate(plan.pre_counts)]
-    rows += [{"step": step, "persons": _int(got[f"p{i}"]), "records": _int(got[f"r{i}"]), "description": desc}
-             for i, (step, desc) in enumerate(plan.step_labels)]
-    att = pd.DataFrame(rows)
-    att["persons_lost"] = (att.persons.shift(1) - att.persons).fillna(0).astype("int64")
-    att["records_lost"] = (att.records.shift(1) - att.records).fillna(0).astype("int64")
-    att = att[["step", "persons", "records", "persons_lost", "records_lost", "description"]]
-    return CohortResult(cohort, plan.table, Attrition(att), ids, cdm.backend, cdm, fetch_sql)
-
-def _tables_read(cohort: Cohort) -> set[str]:
-    "The event, observation and death tables that generating `cohort` reads."
-    domains = {cohort.entry.domain} | {c.domain for c in _leaves([r.rule for r in cohort.inclusion_rules])}
-    if cohort.exit.strategy == "event": domains.add(cohort.exit.domain)
-    return {DOMAINS[d][0] for d in domains} | ({"observation"} if cohort.demographics.imd_quintile is not None else set()) \
-        | ({"death"} if cohort.exit.strategy == "death" else set())
-
-def _attrition_query(plan: _Plan) -> ibis.Table:
-    "One row: the counts of every step. The earlier steps' counts ride on every row of `wide`; later steps are cumulative."
-    w, cum, aggs = plan.wide, None, {}
-    for k in range(len(plan.pre_counts)): aggs[f"_p{k}"], aggs[f"_r{k}"] = w[f"_p{k}"].max(), w[f"_r{k}"].max()
-    for i in range(len(plan.step_labels)):
-        cum = w[f"_s{i}"] if cum is None else cum & w[f"_s{i}"]
-        aggs[f"p{i}"], aggs[f"r{i}"] = w.person_id.nunique(where=cum), w.count(where=cum)
-    return w.aggregate(**aggs)
-
-def _one_row(backend, q: ibis.Table) -> dict:
-    "The single row of `q` as a dict (on DuckDB straight from the cursor)."
-    if backend.name == "duckdb": return dict(zip(q.columns, backend.con.execute(backend.compile(q)).fetchone()))
-    return q.to_pyarrow().to_pylist()[0]
-
-def _leaves(rules) -> list[Criterion]:
-    "Criteria of `rules` in depth-first order."
-    out = []
-    for r in rules:
-        if isinstance(r, Group): out += _leaves(r.items)
-        else: out.append(r)
+        out["age"] = f"age {'' if d.age_min is None else d.age_min}–{'' if d.age_max is None else d.age_max}"
+    if d.sex is not None: out["sex"] = f"sex: {', '.join(d.sex)}"
+    if d.ethnicity is not None: out["ethnicity"] = f"ethnicity: {'; '.join(d.ethnicity)}"
+    if d.imd_quintile is not None: out["imd_quintile"] = f"IMD quintile: {', '.join(map(str, d.imd_quintile))}"
     return out
 
-def _rule_flag(rule, counter):
-    "Boolean expression of `rule` over the leaves' count expressions, taken from `counter` in depth-first order."
-    if isinstance(rule, Group):
-        parts = [_rule_flag(i, counter) for i in rule.items]
-        out = parts[0]
-        for q in parts[1:]: out = (out & q) if rule.kind == "all" else (out | q)
-        return out
-    c = next(counter)
-    return {"at_least": c >= rule.n, "at_most": c <= rule.n, "exactly": c == rule.n}[rule.op]
+def _qualifying(x) -> str:
+    "Words for ATLAS's first step: what the qualifying events are."
+    pc = x.primary_criteria
+    w = pc.observation_window
+    text = f"qualifying events: {w.prior_days} days' observation before, {w.post_days} after"
+    if pc.limit in ("First", "Last"): text += f"; {'earliest' if pc.limit == 'First' else 'latest'} per person"
+    if x.additional_criteria is not None: text += "; with the additional criteria"
+    return text
+
+def _attrition_table(x, att: pd.DataFrame, final: tuple[int, int], words: dict) -> Attrition:
+    "ATLAS's attrition as an `Attrition`; a last row for the cohort when ends, censoring or eras changed its rows."
+    rules = {r.name: (r.description or "") for r in x.inclusion_rules or []}
+    out = pd.DataFrame({"step": att["name"].astype(str), "persons": att.persons.astype("int64"),
+                        "records": att.records.astype("int64")})
+    out["description"] = [_qualifying(x) if k == 0 else words.get(n) or (f"{n}: {rules[n]}" if rules.get(n) else n)
+                          for k, n in enumerate(out.step)]
+    for c in ("rule_persons", "rule_records", "gain_persons", "gain_records"): out[c] = att[c]
+    persons, records = final
+    if records != out.records.iloc[-1] or persons != out.persons.iloc[-1]:
+        out.loc[len(out)] = {"step": "cohort", "persons": persons, "records": records, "description":
+                             "cohort: one row per era, after the exit, censoring and the expression limit"}
+    out["persons_lost"] = (out.persons.shift(1) - out.persons).fillna(0).astype("int64")
+    out["records_lost"] = (out.records.shift(1) - out.records).fillna(0).astype("int64")
+    cols = ["step", "persons", "records", "persons_lost", "records_lost", "description",
+            "rule_persons", "rule_records", "gain_persons", "gain_records"]
+    return Attrition(out[cols])
+
+def generate(cdm, cohort, cache: GenerationCache | None = None) -> CohortResult:
+    """Generate `cohort` (a builder `Cohort`, or a Circe `CohortExpression` such as `atlas.from_atlas` reads) on `cdm`
+    through healthbench's one engine (`healthbench.engine`): the cohort table and ATLAS's attrition."""
+    from healthbench.engine import generate_expression
+    from healthbench.expression import CohortExpression
+    if isinstance(cohort, Cohort): x, words = cohort.to_expression(), _describe_rules(cohort)
+    elif isinstance(cohort, CohortExpression): x, words = cohort, {}
+    else: raise InputError(f"generate() needs a Cohort or a CohortExpression; got {type(cohort).__name__} "
+                           "(use Cohort.from_json for healthbench JSON, atlas.from_atlas for ATLAS JSON)")
+    if cache is not None and cache.cdm is not cdm: raise InputError("the GenerationCache belongs to another CDM")
+    r = generate_expression(cdm, x)
+    q = r.table
+    got = q.aggregate(p=q.person_id.nunique(), n=q.count()).to_pyarrow().to_pylist()[0]
+    att = _attrition_table(x, r.attrition, (int(got["p"] or 0), int(got["n"] or 0)), words)
+    ids = {cs.name: list(r.codesets.get(cs.circe_id if cs.circe_id is not None else k, []))
+           for k, cs in enumerate(x.concept_sets)}
+    result = CohortResult(cohort, r.table, att, ids, cdm.backend, cdm, _expression_result=r)
+    if cache is not None: cache._replace(result)
+    return result

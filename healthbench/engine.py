@@ -651,10 +651,16 @@ def generate_expression(cdm, expression: CohortExpression, *, backend=None) -> E
 _V1_KINDS = {"condition": "ConditionOccurrence", "drug": "DrugExposure", "measurement": "Measurement", "observation": "Observation",
              "visit": "VisitOccurrence", "procedure": "ProcedureOccurrence", "device": "DeviceExposure"}
 
+from dataclasses import replace
+
 def _v1_range(lo, hi, attr: str) -> dict:
     if lo is None and hi is None: return {}
     r = NumericRange("bt", lo, hi) if lo is not None and hi is not None else NumericRange("gte", lo) if lo is not None else NumericRange("lte", hi)
     return {attr: r}
+
+def _is_group(r) -> bool:
+    "A schema-1 rule group (by its fields: a notebook that re-runs the cohort chapter has its own classes)."
+    return hasattr(r, "items") and hasattr(r, "kind")
 
 def expression_from_cohort(cohort) -> CohortExpression:
     """The Circe expression of a schema-1 `healthbench.cohort.Cohort`: the entry event as the primary criteria (first
@@ -667,9 +673,9 @@ def expression_from_cohort(cohort) -> CohortExpression:
     value = lambda v: {} if v is None else _v1_range(v.min, v.max, "value_as_number")
     bound = lambda d, default: WindowBound(None, default) if d is None else WindowBound(abs(d), -1 if d < 0 else 1)
     def item(r):
-        if isinstance(r, C.Group):
-            return CriteriaGroup(r.kind.upper(), criteria_list=[item(i) for i in r.items if not isinstance(i, C.Group)],
-                                 groups=[item(i) for i in r.items if isinstance(i, C.Group)])
+        if _is_group(r):
+            return CriteriaGroup(r.kind.upper(), criteria_list=[item(i) for i in r.items if not _is_group(i)],
+                                 groups=[item(i) for i in r.items if _is_group(i)])
         return CorrelatedCriteria(Criteria(_V1_KINDS[r.domain], ids[r.concept_set], attrs=value(r.value)),
                                   Window(bound(r.window.start, -1), bound(r.window.end, 1)),
                                   occurrence=Occurrence({"exactly": 0, "at_most": 1, "at_least": 2}[r.op], r.n))
@@ -686,7 +692,7 @@ def expression_from_cohort(cohort) -> CohortExpression:
     censor = ([Criteria(_V1_KINDS[x.domain], ids[x.concept_set])] if x.strategy == "event" else
               [Criteria("Death")] if x.strategy == "death" else [])
     return CohortExpression(
-        concept_sets=list(cohort.concept_sets),
+        concept_sets=[replace(cs, circe_id=k) for k, cs in enumerate(cohort.concept_sets)],   # Circe ids by position
         primary_criteria=PrimaryCriteria([Criteria(_V1_KINDS[e.domain], ids[e.concept_set], first=e.occurrence == "first", attrs=value(e.value))],
                                          ObservationWindow(e.prior_observation_days, e.post_observation_days),
                                          "First" if e.limit == "earliest" else "All"),

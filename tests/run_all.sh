@@ -48,6 +48,13 @@ step "nbdev-clean leaves notebooks unchanged" notebooks_are_clean
 step "notebook tests (nbdev-test nbs)" nbdev-test --n-workers "$workers" --timing
 step "tutorials (nbdev-test tutorials)" nbdev-test tutorials --n-workers "$workers"
 step "templates with their defaults (nbdev-test healthbench/templates)" nbdev-test healthbench/templates --n-workers "$workers"
+# the second venv for OHDSI's circepy (the Circe reference; it needs sqlglot >= 30): made once, reused when complete;
+# with it, the Circe cross-checks must run (a missing venv fails them instead of skipping)
+circe_venv() {
+  export HB_CIRCE_VENV="${HB_CIRCE_VENV:-$PWD/.circe-venv}"
+  bash tests/circe/make_venv.sh "$HB_CIRCE_VENV" && export HB_REQUIRE_CIRCE=1 HB_REQUIRE_ENGINE=1
+}
+step "circepy venv (second venv)" circe_venv
 step "pytest" run_pytest
 step "ACRO cross-check and notebooks on pandas 2.3 (second venv)" bash tests/acro/run.sh
 

@@ -93,7 +93,9 @@ def test_circepy_reads_the_written_json_as_the_original(library, tmp_path):
     import subprocess
     from healthbench.atlas import write_expression
     venv = Path(os.environ.get("HB_CIRCE_VENV") or ROOT / ".circe-venv")
-    if not (venv / "bin" / "python").exists(): pytest.skip(f"no circepy venv at {venv} (bash tests/circe/make_venv.sh)")
+    if not (venv / "bin" / "python").exists():
+        if os.environ.get("HB_REQUIRE_CIRCE") == "1": pytest.fail(f"no circepy venv at {venv} (HB_REQUIRE_CIRCE=1)")
+        pytest.skip(f"no circepy venv at {venv} (bash tests/circe/make_venv.sh)")
     pairs = {cid: (json.dumps(doc), json.dumps(write_expression(read_expression(doc)[0]))) for cid, doc in library.items()}
     (tmp_path / "pairs.json").write_text(json.dumps(pairs))
     (tmp_path / "same.py").write_text(_CIRCE_SAME)

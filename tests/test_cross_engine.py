@@ -274,30 +274,3 @@ def test_expressions_postgres_match_duckdb(source, duckdb_expressions):
     finally:
         backend.raw_sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         backend.disconnect()
-
-
-def _collapse(rows: pd.DataFrame) -> list:
-    "Records of a person that overlap or touch merged into one (Circe's era collapse, pad 0), written out plainly."
-    out = []
-    for pid, g in rows.sort_values(["person_id", "cohort_start_date"]).groupby("person_id", sort=True):
-        cur = None
-        for s, e in zip(g.cohort_start_date.dt.date, g.cohort_end_date.dt.date):
-            if cur and s <= cur[2]: cur[2] = max(cur[2], e)
-            else:
-                if cur: out.append(tuple(cur))
-                cur = [pid, s, e]
-        out.append(tuple(cur))
-    return out
-
-
-def test_schema1_cohorts_as_expressions(source):
-    "The schema-1 definitions compiled into expressions: the old engine's rule counts, and its rows once collapsed."
-    from healthbench.engine import expression_from_cohort
-    with connect(source[0]) as cdm:
-        for name, cohort in DEFINITIONS.items():
-            old, new = generate(cdm, cohort), generate_expression(cdm, expression_from_cohort(cohort))
-            pre = len(old.attrition) - len(new.attrition)   # old steps before its last pre-rule step (observation or limit)
-            assert old.attrition[["persons", "records"]].iloc[pre:].values.tolist() == \
-                new.attrition[["persons", "records"]].values.tolist(), name
-            got = [(p, s.date(), e.date()) for p, s, e in new.to_pandas().itertuples(index=False)]
-            assert got == _collapse(old.to_pandas()), name
