@@ -22,9 +22,12 @@ from .concepts import ConceptSet, concept_set, resolve, search_concepts
 from .cohort import (Cohort, Criterion, Demographics, EntryEvent, Exit, Group, InclusionRule, Window,
                                 DOMAINS, ETHNICITY_LABELS, EXIT_STRATEGIES, COUNT_OPS, GenerationCache, generate, _domain_table)
 from .disclosure import Rules, display_count, uk_default
+from .expression import CohortExpression, validate_expression, expression_to_dict
+from .atlas import from_atlas, read_expression, to_atlas, write_expression
 
 # %% auto #0
-__all__ = ['ConceptSetPicker', 'CohortBuilder', 'cohort_code', 'TemplateRunner', 'healthbench_magic', 'load_ipython_extension']
+__all__ = ['ConceptSetPicker', 'expression_rows', 'CohortBuilder', 'cohort_code', 'TemplateRunner', 'healthbench_magic',
+           'load_ipython_extension']
 
 # %% ../nbs/10_widgets.ipynb #036daa99
 _OMOP_DOMAIN = {"condition": "Condition", "drug": "Drug", "measurement": "Measurement", "observation": "Observation",
@@ -136,6 +139,55 @@ class _RuleRow(W.HBox):
                                                         self.n.value, self.value_range))
 
 # %% ../nbs/10_widgets.ipynb #4297c89f
+def _bound_text(b) -> str:
+    if b.days is None: return "all time before" if b.coeff == -1 else "all time after"
+    return f"{b.days} days {'before' if b.coeff == -1 else 'after'}"
+
+def _criteria_text(c, names: dict) -> str:
+    "One Circe criteria in words: its kind, concept set and the attributes it sets."
+    cs = f" of {names.get(c.codeset_id, f'concept set {c.codeset_id}')!r}" if c.codeset_id is not None else ""
+    bits = (["first"] if c.first else []) + sorted(c.attrs) + (["nested criteria"] if c.correlated_criteria else []) \
+           + (["adjusted dates"] if c.date_adjustment else [])
+    return f"{c.kind}{cs}" + (f" ({', '.join(bits)})" if bits else "")
+
+def _group_text(g, names: dict) -> str:
+    "A Circe criteria group in words, one level deep."
+    t = g.type if g.count is None else f"{g.type} {g.count}"
+    parts = [f"{_criteria_text(cc.criteria, names)} {'at least' if cc.occurrence.type == 2 else 'at most' if cc.occurrence.type == 1 else 'exactly'} "
+             f"{cc.occurrence.count}×, from {_bound_text(cc.start_window.start)} to {_bound_text(cc.start_window.end)}"
+             for cc in g.criteria_list]
+    parts += [f"demographics ({', '.join(k for k, v in vars(d).items() if v not in (None, []))})" for d in g.demographic_criteria_list]
+    parts += [f"a nested {x.type} group of {len(x.criteria_list) + len(x.groups) + len(x.demographic_criteria_list)}" for x in g.groups]
+    return f"{t} of: " + "; ".join(parts) if parts else f"{t} (empty)"
+
+def expression_rows(x) -> list[tuple[str, str]]:
+    "The constructs of a Circe expression as (part, words) rows, in Circe's order: what the builder shows read-only."
+    names = {(cs.circe_id if cs.circe_id is not None else k): cs.name for k, cs in enumerate(x.concept_sets)}
+    pc = x.primary_criteria
+    rows = [("entry", _criteria_text(c, names)) for c in pc.criteria_list]
+    rows.append(("observation", f"{pc.observation_window.prior_days} days before, {pc.observation_window.post_days} after; "
+                                f"limit {pc.limit}"))
+    if x.additional_criteria is not None:
+        rows.append(("additional criteria", _group_text(x.additional_criteria, names) + f"; limit {x.qualified_limit}"))
+    rows += [(f"rule {k + 1}: {r.name}", _group_text(r.expression, names)) for k, r in enumerate(x.inclusion_rules)]
+    rows.append(("expression limit", x.expression_limit))
+    e = x.end_strategy
+    rows.append(("exit", "observation period end" if e is None else
+                 f"{e.date_field} + {e.offset} days" if hasattr(e, "date_field") else
+                 f"drug era of {names.get(e.drug_codeset_id, e.drug_codeset_id)!r}, gap {e.gap_days}, offset {e.offset}"))
+    rows += [("censoring", _criteria_text(c, names)) for c in x.censoring_criteria]
+    rows.append(("eras", f"pad {x.collapse_settings.era_pad} days"))
+    if x.censor_window is not None: rows.append(("censor window", f"{x.censor_window.start_date} to {x.censor_window.end_date}"))
+    return rows
+
+def _expression_html(x, name: str) -> str:
+    body = "".join(f"<tr><td style='padding:1px 8px 1px 0;color:#555'>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>"
+                   for k, v in expression_rows(x))
+    return (f"<div class='hb-imported' style='border-left:3px solid #9a5b00;padding:2px 8px;margin-bottom:6px'>"
+            f"<b>{html.escape(name)}</b>: imported Circe (ATLAS) definition, <b>read-only</b> — the builder cannot edit "
+            f"these constructs; it runs them and shows the attrition. Edit in ATLAS, or build the cohort again here."
+            f"<table class='hb-imported-rows' style='font-size:90%'>{body}</table></div>")
+
 def _default_cohort() -> Cohort:
     from healthbench import vocabulary as V
     sbp = concept_set("systolic BP", V.MEASUREMENT["systolic_bp"], descendants=False)
@@ -160,6 +212,7 @@ class CohortBuilder(W.VBox):
         self._version, self._timer, self._loading = 0, None, False
         self._cache = GenerationCache(cdm)          # entry events, scans and lookups reused between edits
         self.result = self.attrition = self.error = None
+        self.expression = None                      # an imported Circe expression the builder cannot edit (read-only)
         self._make_widgets()
         self.load(cohort if cohort is not None else _default_cohort())
 
@@ -188,7 +241,7 @@ class CohortBuilder(W.VBox):
         self.picker = ConceptSetPicker(self.cdm, rules=self.rules)
         self.add_set = W.Button(description="add ticked concepts as a concept set", icon="plus", layout=L("24em"))
         self.sets_html = W.HTML()
-        self.status, self.count, self.flow = W.HTML(), W.HTML(), W.HTML()
+        self.status, self.count, self.flow, self.imported = W.HTML(), W.HTML(), W.HTML(), W.HTML()
         self.status.add_class("hb-status"); self.count.add_class("hb-count"); self.flow.add_class("hb-flow-box")
         self.json = W.Textarea(disabled=True, rows=8, layout=L("100%"))
         self.json.add_class("hb-json")
@@ -219,10 +272,11 @@ class CohortBuilder(W.VBox):
             W.VBox([self.sets_html, self.picker, self.add_set])])
         for i, t in enumerate(["entry event", "demographics", "inclusion rules", "exit", "concept sets"]): sections.set_title(i, t)
         sections.selected_index = 1
-        sections.layout = W.Layout(width="58%", min_width="36em")
+        self.sections = sections
+        left = W.VBox([self.imported, sections], layout=W.Layout(width="58%", min_width="36em"))
         live = W.VBox([self.status, self.count, self.flow], layout=W.Layout(width="40%", min_width="26em", padding="0 0 0 1em"))
         buttons = W.HBox([self.path, self.save_button, self.load_button, self.code_button, self.generate_button])
-        super().__init__([W.HBox([sections, live]), buttons, self.code, self.json])
+        super().__init__([W.HBox([left, live]), buttons, self.code, self.json])
 
     # ---------------------------------------------------------------- the model
     @property
@@ -235,6 +289,8 @@ class CohortBuilder(W.VBox):
     def _edit(self, change):
         "Apply one edit to the model (unless the widgets are being set from the model), then revalidate and refresh."
         if self._loading: return
+        if self.expression is not None:
+            self._invalid("this imported definition is read-only: load or build a cohort to edit"); return
         try: change(self._cohort)
         except HealthbenchError as e: self._invalid(e); return
         self._changed()
@@ -320,10 +376,21 @@ class CohortBuilder(W.VBox):
             f"{html.escape(cs.name)} ({len(cs.include)} ids{', with descendants' if cs.descendants else ''})"
             for cs in self._cohort.concept_sets)
 
-    def load(self, cohort: Cohort):
-        "Show `cohort` in the widgets; the builder then holds exactly this definition."
-        if not isinstance(cohort, Cohort): raise InputError(f"load() needs a Cohort; got {type(cohort).__name__}")
+    def load(self, cohort: Cohort | CohortExpression, name: str | None = None):
+        """Show `cohort` in the widgets; the builder then holds exactly this definition. A Circe `CohortExpression` (as
+        `atlas.read_expression` reads any ATLAS definition) is shown as editable widgets when the builder can say exactly
+        the same, else as read-only rows that still run, with the live attrition."""
+        if isinstance(cohort, CohortExpression):
+            validate_expression(cohort)
+            try:   # the builder's own reader decides whether it can say exactly the same
+                written = write_expression(cohort)
+                editable = from_atlas(written, name=name or "imported cohort")
+            except HealthbenchError: written = editable = None
+            if editable is not None and to_atlas(editable) == written: cohort = editable
+            else: return self._load_expression(cohort, name or "imported cohort")
+        if not isinstance(cohort, Cohort): raise InputError(f"load() needs a Cohort or a CohortExpression; got {type(cohort).__name__}")
         Cohort.from_dict(cohort.to_dict())                  # refuse an invalid definition before touching anything
+        self._set_read_only(None, "")
         self._loading = True
         try:
             self._cohort = copy.deepcopy(cohort)
@@ -346,6 +413,24 @@ class CohortBuilder(W.VBox):
             self.exit_set.layout.display = self.exit_domain.layout.display = "" if s == "event" else "none"
         finally: self._loading = False
         self._changed()
+
+    def _set_read_only(self, x, name: str):
+        "Hold the imported expression `x` read-only (None: back to editing a builder cohort)."
+        self.expression = x
+        for w in (self.name, self.entry_set, self.entry_domain, self.occurrence, self.prior_days, self.post_days, self.age,
+                  self.sex, self.ethnicity, self.imd, self.add_rule, self.exit_strategy, self.exit_days, self.exit_set,
+                  self.exit_domain, self.add_set, self.code_button):
+            w.disabled = x is not None
+        self.sections.layout.display = "none" if x is not None else ""
+        self.imported.value = "" if x is None else _expression_html(x, name)
+
+    def _load_expression(self, x, name: str):
+        self._set_read_only(copy.deepcopy(x), name)
+        self.rules_box.children = ()
+        self.error = None
+        try: self.json.value = json.dumps(write_expression(x), indent=2)
+        except HealthbenchError: self.json.value = json.dumps(expression_to_dict(x), indent=2)
+        self._schedule()
 
     def _invalid(self, e: Exception):
         self.error = str(e)
@@ -377,7 +462,7 @@ class CohortBuilder(W.VBox):
     def _refresh(self, v: int):
         with self._run_lock:                       # one query at a time on the connection
             if v != self._version: return          # a newer edit is pending: its own refresh will run
-            cohort = copy.deepcopy(self._cohort)
+            cohort = copy.deepcopy(self.expression if self.expression is not None else self._cohort)
             try: result = generate(self.cdm, cohort, self._cache)
             except HealthbenchError as e:
                 if v == self._version: self._invalid(e)
@@ -418,7 +503,7 @@ class CohortBuilder(W.VBox):
     def save(self, path: str | Path) -> Path:
         "Write the definition as JSON (an existing different file is kept as `<file>.bak`)."
         p = Path(path)
-        text = self._cohort.to_json()
+        text = self._cohort.to_json() if self.expression is None else json.dumps(write_expression(self.expression), indent=2)
         if p.exists() and p.read_text() != text: p.with_suffix(p.suffix + ".bak").write_text(p.read_text())
         p.write_text(text)
         self.status.value = f"saved {html.escape(str(p))}"
@@ -428,7 +513,13 @@ class CohortBuilder(W.VBox):
         try:
             p = Path(path)
             if not p.is_file(): raise InputError(f"{str(p)!r} does not exist")
-            self.load(Cohort.from_json(p.read_text()))
+            text = p.read_text()
+            try: doc = json.loads(text)
+            except ValueError: doc = None
+            if isinstance(doc, dict) and "schema_version" not in doc:   # Circe (ATLAS) JSON
+                x, info = read_expression(doc)
+                self.load(x, name=info.get("name") or p.stem)
+            else: self.load(Cohort.from_json(text))
         except HealthbenchError as e: self._invalid(f"could not load {str(path)!r}: {e}")
 
     def python_code(self) -> str:
