@@ -150,13 +150,19 @@ def _criteria_text(c, names: dict) -> str:
            + (["adjusted dates"] if c.date_adjustment else [])
     return f"{c.kind}{cs}" + (f" ({', '.join(bits)})" if bits else "")
 
+def _demographic_text(k: str, v) -> str:
+    "One demographic criterion in words: an age range with its operator, else the attribute's name and values."
+    if hasattr(v, "op"): return f"{k} {v.op} {v.value}" + (f" and {v.extent}" if getattr(v, "extent", None) is not None else "")
+    return f"{k} {v}" if isinstance(v, list) and len(v) <= 3 else k
+
 def _group_text(g, names: dict) -> str:
     "A Circe criteria group in words, one level deep."
     t = g.type if g.count is None else f"{g.type} {g.count}"
     parts = [f"{_criteria_text(cc.criteria, names)} {'at least' if cc.occurrence.type == 2 else 'at most' if cc.occurrence.type == 1 else 'exactly'} "
              f"{cc.occurrence.count}×, from {_bound_text(cc.start_window.start)} to {_bound_text(cc.start_window.end)}"
              for cc in g.criteria_list]
-    parts += [f"demographics ({', '.join(k for k, v in vars(d).items() if v not in (None, []))})" for d in g.demographic_criteria_list]
+    parts += [f"demographics ({', '.join(_demographic_text(k, v) for k, v in vars(d).items() if v not in (None, []))})"
+              for d in g.demographic_criteria_list]
     parts += [f"a nested {x.type} group of {len(x.criteria_list) + len(x.groups) + len(x.demographic_criteria_list)}" for x in g.groups]
     return f"{t} of: " + "; ".join(parts) if parts else f"{t} (empty)"
 
@@ -476,8 +482,10 @@ class CohortBuilder(W.VBox):
             self.result, self.attrition = result, result.attrition
             last = result.attrition.iloc[-1]
             empty = [n for n, ids in result.concept_ids.items() if not ids]   # an empty cohort, with its reason
-            note = "" if not empty else ("<br><span style='color:#9a5b00'>⚠ concept set " + html.escape(", ".join(map(repr, empty)))
-                                         + " resolves to no concepts in this CDM: criteria on it match no events</span>")
+            shown = ", ".join(map(repr, empty[:5])) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            note = "" if not empty else ("<br><span style='color:#9a5b00'>⚠ concept set" + ("s " if len(empty) > 1 else " ")
+                                         + html.escape(shown) + (" resolve" if len(empty) > 1 else " resolves")
+                                         + " to no concepts in this CDM: criteria on them match no events</span>")
             self.count.value = f"<b style='font-size:120%'>{display_count(last.persons, self.rules)} persons in the cohort</b>{note}"
             self.flow.value = _flow_html(result.attrition, self.rules)
             if v == self._version: self.status.value = "up to date"
