@@ -9,7 +9,9 @@ event, ties, missing end dates, nulls, events outside observation). Needs the ci
 The shared PhenotypeLibrary definitions are checked against circepy's recorded answers (`tests/circe/library_*.csv`:
 rows as `rows_sha256`, attrition persons and records per step), which needs no circepy: on GiBleed every definition that
 has qualifying events there (77, 69 with persons); on typed MIMIC every definition circepy ran (542: none has a
-qualifying event there, so each must be empty with zero attrition at every step).
+qualifying event there, so each must be empty with zero attrition at every step); on healthbench's synthetic CDM
+(`healthbench.synth`, 5,000 persons, seed 14: `tests/circe/library_synthetic.json`) every definition with qualifying
+events there (27).
 
 Run: PYTHONPATH=. pytest tests/test_engine_circe.py
 """
@@ -326,6 +328,32 @@ def test_library_on_mimic(mimic, row):
     in `concept`; 24 definitions enter on criteria with a source-concept set instead of a concept set.
     About 0.2 s a definition (100 s in all on 2 shared cores)."""
     _check_library(mimic, row)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    """healthbench's synthetic CDM as circepy read it (`typed_cdm.typed_synthetic()`: `healthbench.synth.generate` at the
+    size and seed of `tests/circe/library_synthetic.json`, imported, absent OMOP tables created empty), refused if the
+    generator no longer makes the tables circepy's answers were recorded on."""
+    import json
+    from typed_cdm import typed_synthetic
+    meta = json.loads((HERE / "circe" / "library_synthetic.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)   # duckdb 1.5 deprecates an API healthbench.synth's checksums use
+        path = typed_synthetic(n_persons=meta["n_persons"], seed=meta["seed"])
+    now = json.loads(Path(f"{path}.json").read_text())["table_checksums"]
+    assert now == meta["table_checksums"], ("healthbench.synth makes other tables than circepy's answers were recorded on: "
+                                            "rerun `python tests/circe/run_library.py --cdm synthetic`")
+    with connect(path) as cdm:
+        cdm.backend.raw_sql("SET threads = 1")
+        yield cdm
+
+
+@pytest.mark.parametrize("row", _library_rows("synthetic"), ids=lambda r: r["cohort_id"])
+def test_library_on_synthetic(synthetic, row):
+    """Every definition with qualifying events on the synthetic CDM: 27 of 542 (its vocabulary has 66 concepts), all with
+    persons, 5 with inclusion rules; about 10 s in all, the CDM's build (5,000 persons) included."""
+    _check_library(synthetic, row)
 
 
 def test_every_attribute_runs(cdms):
