@@ -38,8 +38,8 @@ SQL from a warm cache), in about 2.5 min:
 
 So on a CDM as small as GiBleed (2,694 persons) healthbench takes about 4.6 times circepy's DuckDB time, and that gap
 is fixed per-definition Python cost, not query time: a cProfile of 8 typical definitions (32, 40, 70, 288, 520, 770,
-920, 1194) puts 55% of healthbench's time in ibis compiling expressions to SQL and 13% in resolving concept sets, the
-rest in DuckDB. circepy's fixed cost is its SQL generation, excluded above and far larger: 590 s for the 547
+920, 1194) puts 55% of healthbench's time in ibis compiling expressions to SQL and 13% in resolving concept sets (the
+rest: DuckDB, reading the JSON, fetching rows). circepy's fixed cost is its SQL generation, excluded above and far larger: 590 s for the 547
 definitions with a cold cache (`tests/circe/run_library.py --cdm synthetic`), 80 s for definition 726 alone. The 344,
 1072, 1224-1228 failures are circepy 0.3.0's VisitDetail and Specimen template bugs (tests/circe/README.md); healthbench
 ran them (timed in no total). For scale, `bench/engine_circe.py` times one large definition at 1M persons.
