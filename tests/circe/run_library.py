@@ -1,11 +1,11 @@
-"""Run the Circe oracle over the shared PhenotypeLibrary sample on typed GiBleed and typed MIMIC: reference numbers.
+"""Run the Circe oracle over the shared PhenotypeLibrary sample on typed GiBleed, MIMIC and synthetic CDMs: reference numbers.
 
-    /work/main/.venv/bin/python tests/circe/run_library.py [--cdm gibleed mimic] [--out-dir tests/circe]
+    /work/main/.venv/bin/python tests/circe/run_library.py [--cdm gibleed mimic synthetic] [--out-dir tests/circe]
                                                            [--work DIR] [--timeout 600] [--limit N]
 
 Runs in healthbench's venv (it only orchestrates: typed CDMs from `typed_cdm.py`, then one `oracle.py` batch process
-per CDM in the circepy venv, made by `make_venv.sh` if missing) and writes `library_gibleed.csv` and
-`library_mimic.csv`, one row per definition:
+per CDM in the circepy venv, made by `make_venv.sh` if missing) and writes `library_gibleed.csv`,
+`library_mimic.csv` and `library_synthetic.csv`, one row per definition:
 
     cohort_id, name                 file stem of the definition and its name in Cohorts.csv
     status, error_stage, error_type, error      ok/error; where and why circepy failed (first line of the message)
@@ -25,6 +25,13 @@ How long it took (2 cores shared with other engineers' test runs, DuckDB threads
   takes about a minute, and 5 duplicates of earlier definitions): 1,164 s wall = 1,033 s of circepy's SQL generation
   (pure-Python SqlRender translation; 80 s for the slowest definition, 726) + 120 s of DuckDB + process overhead.
   MIMIC second, reusing the translated SQL: 116 s wall (3 s generation, 105 s DuckDB). Whole command: 21 min 22 s.
+  Synthetic (`--cdm synthetic`, run later on its own with a mostly cold SQL cache): 647 s wall = 590 s generation +
+  50 s DuckDB.
+
+The synthetic CDM is healthbench's own (`healthbench.synth.generate`, OMOP v5.4) at `typed_cdm.SYNTHETIC` (5,000
+persons, seed 14), imported with `healthbench.cdm.import_cdm` and completed with the absent OMOP tables, empty
+(`typed_cdm.typed_synthetic()`). Its size, seed and the generated tables' checksums go to `library_synthetic.json`
+beside the CSV; the test refuses to compare against the CSV if healthbench's generator no longer makes those tables.
 `--summarise-only` rewrites the CSVs from the per-definition results already in `--work`, without running circepy.
 """
 from __future__ import annotations
@@ -94,7 +101,8 @@ def run(which: str, out_csv: Path, work: Path, *, timeout: float, limit: int | N
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if not summarise_only:
-        cdm = {"gibleed": typed_cdm.typed_gibleed, "mimic": typed_cdm.typed_mimic}[which]()
+        cdm = {"gibleed": typed_cdm.typed_gibleed, "mimic": typed_cdm.typed_mimic,
+               "synthetic": typed_cdm.typed_synthetic}[which]()
         listing = out_dir / "definitions.txt"
         listing.write_text("".join(f"{p}\n" for p in defs))
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")} | {"OMP_NUM_THREADS": "1"}
@@ -108,6 +116,10 @@ def run(which: str, out_csv: Path, work: Path, *, timeout: float, limit: int | N
         res = json.loads((out_dir / f"{p.stem}.json").read_text())
         rows.append(summary_row(p.stem, names.get(p.stem, ""), res))
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    if which == "synthetic":  # what the answers were recorded on: size, seed and the generated tables' checksums
+        meta = json.loads(Path(str(typed_cdm.typed_synthetic()) + ".json").read_text())
+        keep = ("source", "n_persons", "seed", "cdm_version", "table_checksums", "missing_tables_created_empty")
+        out_csv.with_suffix(".json").write_text(json.dumps({k: meta[k] for k in keep}, indent=1) + "\n")
     with open(out_csv, "w", newline="") as fh:
         w = csv.DictWriter(fh, COLUMNS)
         w.writeheader()
@@ -121,7 +133,7 @@ def run(which: str, out_csv: Path, work: Path, *, timeout: float, limit: int | N
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cdm", nargs="+", default=["gibleed", "mimic"], choices=["gibleed", "mimic"])
+    p.add_argument("--cdm", nargs="+", default=["gibleed", "mimic", "synthetic"], choices=["gibleed", "mimic", "synthetic"])
     p.add_argument("--out-dir", default=str(HERE), help="where library_<cdm>.csv go")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "healthbench-circe-library"))
     p.add_argument("--timeout", type=float, default=600, help="seconds of DuckDB time per definition")

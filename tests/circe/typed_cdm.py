@@ -22,8 +22,9 @@ duckdb 2.x reads those files (the oracle attaches them read-only), the other way
 Usage:
     python tests/circe/typed_cdm.py gibleed [--out PATH]         # default: typed_cdm_dir()/gibleed_5.3.duckdb
     python tests/circe/typed_cdm.py mimic [--out PATH] [--keep-missing-tables-absent]
+    python tests/circe/typed_cdm.py synthetic [--out PATH]       # healthbench's synthetic CDM (healthbench's venv)
     python tests/circe/typed_cdm.py SOURCE_DIR --out PATH        # any folder of one Parquet or CSV file per table
-From Python: `typed_gibleed()`, `typed_mimic()` (built once, then reused while the sources are unchanged) or
+From Python: `typed_gibleed()`, `typed_mimic()`, `typed_synthetic()` (built once, then reused while the sources are unchanged) or
 `build_typed_cdm(source_dir, out_path)`.
 
 Replace with `healthbench.cdm.import_cdm` once it is on main (it is being built for the real-CDM issue): this
@@ -273,14 +274,89 @@ def typed_mimic(folder: str | os.PathLike | None = None, *, add_missing_tables: 
     return _cached("mimic", add_missing_tables, folder)
 
 
+SYNTHETIC = {"n_persons": 5000, "seed": 14}  # the synthetic CDM of the library cross-check (library_synthetic.csv)
+
+
+def build_synthetic_cdm(out: str | os.PathLike, *, n_persons: int = SYNTHETIC["n_persons"],
+                        seed: int = SYNTHETIC["seed"]) -> dict:
+    """healthbench's own synthetic CDM (`healthbench.synth.generate`, OMOP v5.4) as a file circepy can read: generated,
+    imported with `healthbench.cdm.import_cdm` (official v5.4 types), and every v5.4 table that the generator does not
+    write (procedure_occurrence, device_exposure, visit_detail, specimen, the eras, concept_relationship, ...) created
+    empty with its official types, since circepy's SQL reads them whatever the definition. Needs healthbench (its venv).
+
+    Returns a report with `table_checksums` (`healthbench.synth.table_checksums` of the generated tables): equal
+    checksums = the same data circepy's answers were recorded on."""
+    from healthbench.cdm import import_cdm
+    from healthbench.schema import official_type, omop_fields
+    from healthbench.synth import generate, table_checksums
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    raw = out.with_name(f".{out.name}.{os.getpid()}.raw.duckdb")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    for p in (raw, tmp):
+        p.unlink(missing_ok=True)
+    try:
+        generate(n_persons, seed=seed, path=raw, progress=False)
+        checksums = table_checksums(raw)
+        import_cdm(raw, tmp, version="5.4", progress=False)
+        con = duckdb.connect(str(tmp))
+        try:
+            have = {r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()}
+            created = []
+            for name, fields in omop_fields("5.4").items():
+                if name in have or name in _NOT_CREATED_WHEN_MISSING:
+                    continue
+                cols = ", ".join(f"{_q(f)} {official_type(d)}" for f, d, _ in fields)
+                con.execute(f"create table {_q(name)} ({cols})")
+                created.append(name)
+            con.execute("checkpoint")
+        finally:
+            con.close()
+    finally:
+        raw.unlink(missing_ok=True)
+    os.replace(tmp, out)
+    report = {"source": "healthbench.synth.generate", "n_persons": n_persons, "seed": seed, "cdm_version": "5.4",
+              "table_checksums": checksums, "missing_tables_created_empty": sorted(created),
+              "builder": BUILDER_VERSION, "duckdb": duckdb.__version__, "seconds": round(time.perf_counter() - t0, 2)}
+    Path(str(out) + ".json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def typed_synthetic(folder: str | os.PathLike | None = None, *, n_persons: int = SYNTHETIC["n_persons"],
+                    seed: int = SYNTHETIC["seed"]) -> Path:
+    """Path of the synthetic CDM (`build_synthetic_cdm`), built on first use and reused while healthbench's generator
+    gives the same tables (checked by regenerating them: about a second at 5,000 persons)."""
+    from healthbench.synth import generate, table_checksums
+    out = Path(folder or typed_cdm_dir()) / f"synthetic_{n_persons}_{seed}.duckdb"
+    sidecar = Path(str(out) + ".json")
+    if out.exists() and sidecar.exists():
+        try:
+            recorded = json.loads(sidecar.read_text()).get("table_checksums")
+            with tempfile.TemporaryDirectory() as d:
+                now = table_checksums(generate(n_persons, seed=seed, path=Path(d) / "s.duckdb", progress=False))
+            if recorded == now:
+                return out
+        except (OSError, ValueError):
+            pass
+    build_synthetic_cdm(out, n_persons=n_persons, seed=seed)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("source", help="'gibleed', 'mimic' or a folder of one Parquet/CSV file per table")
+    p.add_argument("source", help="'gibleed', 'mimic', 'synthetic' or a folder of one Parquet/CSV file per table")
     p.add_argument("--out", help="DuckDB file to write (default: typed_cdm_dir()/<source name>.duckdb)")
     p.add_argument("--keep-missing-tables-absent", action="store_true",
                    help="do not create the spec tables that the source lacks")
     a = p.parse_args(argv)
     add = not a.keep_missing_tables_absent
+    if a.source == "synthetic":
+        out = Path(a.out) if a.out else typed_synthetic()
+        report = build_synthetic_cdm(out) if a.out else json.loads(Path(str(out) + ".json").read_text())
+        print(f"{out}: synthetic CDM of {report['n_persons']:,} persons (seed {report['seed']}) in {report['seconds']} s; "
+              f"created empty: {', '.join(report['missing_tables_created_empty'])}")
+        return 0
     if a.source in SOURCES and not a.out:
         out = _cached(a.source, add, None)
         report = json.loads(Path(str(out) + ".json").read_text())
