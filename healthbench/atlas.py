@@ -252,13 +252,12 @@ def from_atlas(source, name: str | None = None) -> Cohort:
 
     rules = []
     for i, r in enumerate(_list(expr.get("InclusionRules"), "InclusionRules")):
-        if rules and _list(_obj(r.get("expression"), f"InclusionRules[{i}].expression").get("DemographicCriteriaList"), ""):
-            _unsupported(f"InclusionRules[{i}].expression.DemographicCriteriaList",
-                         "a demographic rule after other rules (the builder's demographics come first)")
         path = f"InclusionRules[{i}]"
         _only(r, path, ("name", "expression"), ignore_falsy=("description",))
         ex = _obj(r.get("expression"), f"{path}.expression")
         dem = _list(ex.get("DemographicCriteriaList"), f"{path}.expression.DemographicCriteriaList")
+        if dem and rules:
+            _unsupported(f"{path}.expression.DemographicCriteriaList", "a demographic rule after other rules (the builder's demographics come first)")
         if dem:
             if ex.get("CriteriaList") or ex.get("Groups") or ex.get("Type") != "ALL":
                 _unsupported(f"{path}.expression.DemographicCriteriaList", "demographics mixed with other criteria in one rule")

@@ -495,7 +495,9 @@ def _plan(ctx, x: CohortExpression, store) -> _Plan:
     parts = []
     for i, r in enumerate(rules):
         ok = _group_pass(ctx, r.expression, qualified, f"inclusion_rules[{i}].expression")
-        parts.append(ok.select(inclusion_rule_id=ibis.literal(i, "int64"), person_id=ok.person_id, event_id=ok.event_id))
+        part = ok.select(inclusion_rule_id=ibis.literal(i, "int64"), person_id=ok.person_id, event_id=ok.event_id)
+        # SQLite's parser has a fixed stack: a union of several rules' queries overflows it, each one alone does not
+        parts.append(keep(f"inclusion_{i}", part) if ctx.dialect == "sqlite" else part)
     if parts:
         inclusion = keep("inclusion_events", parts[0].union(*parts[1:], distinct=False) if len(parts) > 1 else parts[0])
         flags = inclusion.group_by(["person_id", "event_id"]).aggregate(

@@ -212,7 +212,9 @@ def test_atlas_still_imports_and_still_refuses_what_is_unsupported():
     "Malformed input is a `CohortDefinitionError`; a well-formed but untranslated feature stays `UnsupportedAtlasFeature`."
     assert from_atlas(ATLAS).entry.prior_observation_days == 365
     assert from_atlas(json.dumps(ATLAS).encode("utf-16")).name == ATLAS["name"]   # bytes with a byte-order mark
-    check(lambda: from_atlas(FIXTURES / "af_with_procedure.json"), UnsupportedAtlasFeature, "ProcedureOccurrence")
+    assert from_atlas(FIXTURES / "af_with_procedure.json").inclusion_rules[0].rule.domain == "procedure"
+    era = json.loads(json.dumps(ATLAS)); era["expression"]["EndStrategy"] = {"CustomEra": {"DrugCodesetId": 0}}
+    check(lambda: from_atlas(era), UnsupportedAtlasFeature, "EndStrategy.CustomEra")
 
 
 # ============================================================================ 2. code lists

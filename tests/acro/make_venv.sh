@@ -12,12 +12,18 @@ t_start=$SECONDS
 quiet_pip() { "$venv/bin/python" -m pip "$@" 2> >(grep -v '^WARNING: Location' >&2); }
 
 is_complete() {
-  [ -x "$venv/bin/python" ] && "$venv/bin/python" - <<'PY' 2>/dev/null
+  [ -x "$venv/bin/python" ] && HB_ROOT="$root" "$venv/bin/python" - <<'PY' 2>/dev/null
 import acro, lifelines, pandas, pytest, healthbench, statsmodels, tableone  # noqa: F401
 from importlib.metadata import version
 assert pandas.__version__.startswith("2.3."), pandas.__version__
 assert version("acro") == "1.0.2", version("acro")
 assert version("lifelines") == "0.30.3", version("lifelines")
+# every dependency healthbench declares now (pyproject.toml, with the dev extras) is installed: a venv made before a
+# dependency was added is incomplete
+import re, tomllib, os
+project = tomllib.load(open(os.path.join(os.environ["HB_ROOT"], "pyproject.toml"), "rb"))["project"]
+for req in project["dependencies"] + project.get("optional-dependencies", {}).get("dev", []):
+    version(re.split(r"[ ;<>=!~\[]", req.strip(), maxsplit=1)[0])
 PY
 }
 
