@@ -18,8 +18,7 @@ same process (medians over --repeats runs):
              Its cohort table and attrition are asserted equal to the engine's, so the comparison is honest;
 - pandas:    plain pandas end to end: the tables the definition needs are read from the DuckDB file into pandas
              (only the columns the evaluator reads: `SELECT person_id, ... FROM t`, no row filtering), then the
-             plain-pandas reference evaluator `evaluate(tables, cohort.to_dict())` of tests/reference_cohort.py
-             runs. Load and evaluation are timed separately. Its cohort table is compared with the engine's at
+             plain-Python Circe evaluator of tests/reference_circe.py runs on `cohort.to_expression()`. Load and evaluation are timed separately. Its cohort table is compared with the engine's at
              every size where it runs (differences are reported, never hidden; attrition is compared on the
              counts: its step labels are short names by design). It is slow, so it repeats only while the
              --pandas-budget for the size lasts, and a size is skipped when the run extrapolated from the
@@ -44,15 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TARGET_N, TARGET_SQL_RATIO, TARGET_PANDAS_RATIO, TARGET_FEATURES_S = 1_000_000, 1.5, 20.0, 5.0
 
 # Tables and columns the reference evaluator reads for this definition (it accepts tables with only these).
-PANDAS_COLUMNS = {
-    "concept": ["concept_id", "vocabulary_id", "concept_code"],
-    "concept_ancestor": ["ancestor_concept_id", "descendant_concept_id"],
-    "condition_occurrence": ["person_id", "condition_concept_id", "condition_start_date"],
-    "drug_exposure": ["person_id", "drug_concept_id", "drug_exposure_start_date"],
-    "measurement": ["person_id", "measurement_concept_id", "measurement_date", "value_as_number"],
-    "observation_period": ["person_id", "observation_period_start_date", "observation_period_end_date"],
-    "person": ["person_id", "gender_concept_id", "year_of_birth", "race_source_value"],
-}
+PANDAS_TABLES = ["concept", "concept_ancestor", "condition_occurrence", "drug_exposure", "measurement", "observation_period",
+                 "person", "death"]   # what the definition reads, whole, for the plain-Python Circe evaluator
 
 # The same definition, written by hand. Rows with step_no set are attrition steps; the others are the cohort.
 # One record per person: entry is the first T2DM ever, and observation periods of a person do not overlap.
@@ -121,8 +113,8 @@ counts AS MATERIALIZED (
            count(DISTINCT person_id) FILTER (WHERE k5) AS p5, count(*) FILTER (WHERE k5) AS r5
     FROM steps),
 attrition AS (
-    SELECT 0 AS step_no, 'entry events' AS step, count(DISTINCT person_id) AS persons, count(*) AS records FROM entry
-    UNION ALL SELECT 1, 'observation: 365 days before, 0 after', count(DISTINCT person_id), count(*) FROM rec
+    SELECT 1 AS step_no, 'qualifying events: 365 days'' observation before, 0 after' AS step,
+           count(DISTINCT person_id) AS persons, count(*) AS records FROM rec
     UNION ALL SELECT 2, 'age 40–80', p1, r1 FROM counts
     UNION ALL SELECT 3, 'sex: male, female', p2, r2 FROM counts
     UNION ALL SELECT 4, 'no prior MI or stroke', p3, r3 FROM counts
@@ -184,6 +176,17 @@ def _cohort_diff(a, b) -> str:
     ex = m[m._merge != "both"].head(4).to_dict("records")
     return (f"engine {len(a):,} rows, other {len(b):,} rows; {only_a:,} rows only in engine, {only_b:,} only in other; "
             f"e.g. {ex}")
+
+
+def _circe_reference(circe_evaluate, tables, cohort):
+    "The plain-Python Circe evaluator (tests/reference_circe.py) on the cohort's expression: (cohort, attrition)."
+    import pandas as pd
+    r = circe_evaluate(cohort.to_expression(), tables)
+    rows = r.rows.rename(columns={"subject_id": "person_id"})
+    att = r.attrition[["persons", "records"]].astype("int64").reset_index(drop=True)
+    att["persons_lost"] = (att.persons.shift(1) - att.persons).fillna(0).astype("int64")
+    att["records_lost"] = (att.records.shift(1) - att.records).fillna(0).astype("int64")
+    return rows, att
 
 
 def hand_sql(con):
@@ -253,18 +256,19 @@ def child_measure(n: int, path: str, repeats: int, pandas_budget: float, pandas_
     else:
         try:
             sys.path.insert(0, str(ROOT / "tests"))
-            from reference_cohort import evaluate
+            from reference_circe import evaluate as circe_evaluate
+            evaluate = lambda tables, c: _circe_reference(circe_evaluate, tables, c)
         except Exception as e:
             evaluate = None
-            out["pandas_note"] = f"importing tests/reference_cohort.py failed: {type(e).__name__}: {e}"
+            out["pandas_note"] = f"importing tests/reference_circe.py failed: {type(e).__name__}: {e}"
             out["errors"].append(traceback.format_exc())
         spent = 0.0
         while evaluate is not None and len(out["pandas_runs"]) < repeats:
             try:
                 t0 = time.perf_counter()
-                tables = {t: con.execute(f"SELECT {', '.join(cols)} FROM {t}").df() for t, cols in PANDAS_COLUMNS.items()}
+                tables = {t: con.execute(f"SELECT * FROM {t}").df() for t in PANDAS_TABLES}
                 t1 = time.perf_counter()
-                ref_cohort, ref_att = evaluate(tables, cohort.to_dict())
+                ref_cohort, ref_att = evaluate(tables, cohort)
                 t2 = time.perf_counter()
             except Exception as e:
                 out["pandas_note"] = f"reference evaluator failed: {type(e).__name__}: {e}"
