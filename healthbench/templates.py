@@ -159,6 +159,14 @@ def _parse_cohort(text: str):
     if p is not None:
         if not p.is_file(): raise InputError(f"parameter 'cohort_json': {text!r} is neither cohort JSON nor an existing file")
         text = p.read_text()
+    try: doc = json.loads(text)
+    except ValueError: doc = None
+    if isinstance(doc, dict) and "schema_version" not in doc and ("PrimaryCriteria" in doc or "expression" in doc):
+        from healthbench.atlas import from_atlas   # ATLAS (Circe) JSON, as exported: the builder's cohort with its meaning
+        try: return from_atlas(doc)
+        except HealthbenchError as e:
+            raise InputError(f"parameter 'cohort_json' is ATLAS JSON with what a template's cohort cannot hold yet: {e}; "
+                             "run it with healthbench.atlas.read_expression and cohort.generate in a notebook") from None
     try: return Cohort.from_json(text)
     except Exception as e: raise InputError(f"parameter 'cohort_json' is not a valid cohort definition: {e}") from None
 

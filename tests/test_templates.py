@@ -248,11 +248,30 @@ def gibleed_inputs(gibleed, tmp_path_factory) -> dict:
     cohort = (Cohort.builder("New users of celecoxib").entry(concept_set("celecoxib", CELECOXIB), "drug", prior_days=365)
               .require("no GI bleeding before", at_most(0, gi, "condition", window=(None, -1))).build())
     (d / "celecoxib.json").write_text(cohort.to_json())
+    from healthbench.atlas import to_atlas   # the same cohort as ATLAS exports it: what a network shares
+    (d / "celecoxib_atlas.json").write_text(json.dumps({"name": cohort.name, "expression": to_atlas(cohort)}))
     (d / "gi_bleeding.csv").write_text("code,term\n74474003,Gastrointestinal hemorrhage\n")
     (d / "gi_bleeding_cohort.json").write_text(Cohort.builder("GI bleeding").entry(gi, "condition").build().to_json())
-    return {"cdm": str(gibleed), "cohort": str(d / "celecoxib.json"), "short": f"condition:{GI_BLEEDING}",
+    return {"cdm": str(gibleed), "cohort": str(d / "celecoxib.json"), "cohort_atlas": str(d / "celecoxib_atlas.json"),
+            "short": f"condition:{GI_BLEEDING}",
             "json": json.dumps({"name": "GI bleeding", "domain": "condition", "concept_ids": [GI_BLEEDING]}),
             "codelist": str(d / "gi_bleeding.csv"), "cohort_outcome": str(d / "gi_bleeding_cohort.json")}
+
+
+def test_atlas_cohort_json_is_accepted_and_refused_by_path(gibleed_inputs):
+    "cohort_json may be ATLAS JSON: read as the builder cohort it means; what a template's cohort cannot hold is named."
+    from healthbench.atlas import to_atlas
+    from healthbench.cohort import Cohort
+    from healthbench.errors import InputError
+    full = validate("characterise", {"cdm_path": gibleed_inputs["cdm"], "cohort_json": gibleed_inputs["cohort_atlas"],
+                                     "outcome": gibleed_inputs["short"]})
+    from healthbench.templates import template_cohort
+    mine = Cohort.from_json(Path(gibleed_inputs["cohort"]).read_text())
+    assert to_atlas(template_cohort(full["cohort_json"], None)) == to_atlas(mine)
+    doc = json.loads(Path(gibleed_inputs["cohort_atlas"]).read_text())
+    doc["expression"]["CollapseSettings"]["EraPad"] = 30
+    with pytest.raises(InputError, match=r"cohort_json' is ATLAS JSON .*CollapseSettings.EraPad"):
+        validate("characterise", {"cdm_path": gibleed_inputs["cdm"], "cohort_json": json.dumps(doc), "outcome": gibleed_inputs["short"]})
 
 
 def test_gibleed_data_driven_covariates_match_sql(gibleed, gibleed_inputs):
@@ -310,7 +329,7 @@ def test_gibleed_parameters_checked_against_its_vocabulary(gibleed_inputs, tmp_p
 
 
 GIBLEED_RUNS = {   # template -> its parameters besides the CDM (the outcome in a different form each time)
-    "characterise": {"cohort_json": "cohort", "outcome": "short", "outcome_days": "365"},
+    "characterise": {"cohort_json": "cohort_atlas", "outcome": "short", "outcome_days": "365"},   # the cohort as ATLAS JSON
     "predict": {"cohort_json": "cohort", "outcome": "json", "horizon_days": "365", "folds": "3"},
     "survival": {"cohort_json": "cohort", "outcome": "codelist", "horizon_days": "365", "step_days": "30"},
     "explain": {"predict_run": "predict", "rows": "500"},
