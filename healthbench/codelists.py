@@ -17,8 +17,9 @@ from .errors import InputError, ConceptError, EmptyConceptSetWarning
 from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
 
 # %% auto #0
-__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'coding_system', 'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk',
-           'read_codelist']
+__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'coding_system', 'CodeList', 'read_opencodelists', 'read_plain',
+           'read_hdruk', 'read_codelist', 'EmptyCodeListWarning', 'code_key', 'read_ctv3_map', 'CodeMapping',
+           'map_codes']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
@@ -234,3 +235,201 @@ def _looks_hdruk(path) -> bool:
     except (OSError, IndexError): return False
     cols = {c.strip().strip('"') for c in head.split(",")}
     return {"code", "logical_type"} <= cols and bool(cols & {"coding_system", "coding_system_name"})
+
+# %% ../nbs/04a_codelists.ipynb #f2850154
+class EmptyCodeListWarning(EmptyConceptSetWarning):
+    """A code list reaches no concepts or no events in this CDM. `reason` names the cause: 'unknown vocabulary' (its
+    coding system has no OMOP vocabulary, or this CDM's vocabulary holds none of it), 'not in vocabulary' (none of its
+    codes is a concept here), 'no mapping' (its concepts map to no standard concept) or 'not in data' (no events)."""
+
+def _empty_list(cl: CodeList, reason: str, why: str, stacklevel: int = 3):
+    warnings.warn(EmptyCodeListWarning(f"code list {cl.name!r} ({cl.system}): {why}", cl.name, reason), stacklevel=stacklevel)
+
+_DOTLESS = ("ICD10", "ICD10CM", "OPCS4")
+
+def code_key(system: str, code: str) -> str:
+    """`code` as it is compared: ICD-10 and OPCS-4 upper case without the dot (ICD-10's UK filler `X` after a 3-character
+    code dropped: `I10X` is `I10`); a Read v2 code shorter than 5 characters padded with dots; others as written."""
+    c = code.strip()
+    if system in _DOTLESS:
+        c = c.upper().replace(".", "")
+        if system != "OPCS4" and len(c) == 4 and c.endswith("X"): c = c[:3]
+    elif system == "Read" and len(c) < 5: c = c.ljust(5, ".")
+    return c
+
+def _prefix(system: str, key: str) -> bool:
+    "Whether `key` stands for every code it begins: a 3-character ICD-10 category (as OpenSAFELY matches them), a 5-character Read v2 code."
+    return (system in ("ICD10", "ICD10CM") and len(key) == 3) or (system == "Read" and len(key) == 5)
+
+def _concept_keys(system: str, concept_code: str) -> set[str]:
+    "The keys of the list's codes a concept code matches (its own key and, for prefix codes, its prefix)."
+    k = code_key(system, concept_code)
+    if system in ("ICD10", "ICD10CM"): return {k, k[:3]}
+    if system == "Read": return {k, k[:5]}
+    return {k}
+
+# %% ../nbs/04a_codelists.ipynb #84939e05
+def read_ctv3_map(source) -> dict[str, list[str]]:
+    """A CTV3 → SNOMED CT map (e.g. from NHS TRUD's Read/CTV3 to SNOMED cross-maps, exported as CSV): one column of CTV3
+    codes (named like `ctv3…`) and one of SNOMED codes (named like `snomed…`, `sct…` or `conceptid`); or a dict."""
+    if isinstance(source, dict): return {str(k).strip(): [str(v).strip() for v in (vs if isinstance(vs, (list, tuple, set)) else [vs])] for k, vs in source.items()}
+    text, label, _ = _read_text(source, "CTV3 map file")
+    header, rows = _csv_rows(text, label)
+    ctv3 = _guess_column(header, label, ("ctv3", "ctv3id", "ctv3code", "readv3", "read3"), "CTV3 code column")
+    sct = _guess_column(header, label, ("snomed", "sct", "conceptid", "sctid", "snomedcode", "snomedct"), "SNOMED code column", exclude=(ctv3,))
+    ci, si = header.index(ctv3), header.index(sct)
+    out = {}
+    for _, f in rows:
+        if f[ci].strip() and f[si].strip(): out.setdefault(f[ci].strip(), []).append(f[si].strip())
+    return out
+
+MAPPING_COLUMNS = ("code", "vocabulary_id", "source_concept_id", "source_concept_code", "source_invalid_reason",
+                   "replaced_by", "standard_concept_id", "standard_concept_name", "domain_id")
+
+@dataclass
+class CodeMapping:
+    """A code list mapped to this CDM's vocabulary. `rows`: one row per code, source concept and standard concept it
+    reaches (source columns empty when the code is no concept here, standard ones when it maps to nothing);
+    `via`: for CTV3, each code's SNOMED codes from the user's map."""
+    codelist: CodeList
+    rows: pd.DataFrame
+    via: dict = field(default_factory=dict)
+
+    def _ids(self, column: str, codes) -> list[int]:
+        r = self.rows[self.rows.code.isin(codes) & self.rows[column].notna()]
+        return sorted({int(i) for i in r[column]})
+
+    @property
+    def source_concept_ids(self) -> list[int]:
+        "The source concepts of the included codes, minus those of excluded codes (which a prefix code would otherwise take in)."
+        return sorted(set(self._ids("source_concept_id", self.codelist.codes)) - set(self._ids("source_concept_id", self.codelist.exclude)))
+
+    @property
+    def standard_concept_ids(self) -> list[int]:
+        "The standard concepts the list's (not excluded) source concepts map to."
+        r = self.rows[self.rows.source_concept_id.isin(self.source_concept_ids) & self.rows.code.isin(self.codelist.codes)]
+        return sorted({int(i) for i in r.standard_concept_id.dropna()})
+
+    def concept_set(self, name: str | None = None) -> ConceptSet:
+        "The standard concepts as a `ConceptSet` (no descendants: the list says which codes count), for cohorts and features."
+        ids = self.standard_concept_ids
+        if not ids: raise ConceptError(f"code list {self.codelist.name!r} maps to no standard concept here; see mapping_report()")
+        return ConceptSet(name or self.codelist.name, include=ids, descendants=False)
+
+def _valid(t): return t.filter(t.invalid_reason.isnull()) if "invalid_reason" in t.columns else t
+
+def _relationships(cdm, relationship: str, sources) -> dict[int, list[int]]:
+    rel = _cdm_table(cdm, "concept_relationship")
+    if rel is None or not sources: return {}
+    r = _valid(rel.filter((rel.relationship_id == relationship) & rel.concept_id_1.isin(sorted(sources))))
+    got = r.select(s=r.concept_id_1.cast("int64"), t=r.concept_id_2.cast("int64")).to_pyarrow().to_pydict()
+    out = {}
+    for s, t in zip(got["s"], got["t"]): out.setdefault(s, []).append(t)
+    return {s: sorted(set(ts)) for s, ts in out.items()}
+
+def _replacements(cdm, deprecated: set[int], hops: int = 5) -> dict[int, list[int]]:
+    "Each deprecated concept's current replacements, following `Concept replaced by` up to `hops` steps."
+    direct = {}
+    frontier = set(deprecated)
+    for _ in range(hops):
+        step = _relationships(cdm, "Concept replaced by", frontier - set(direct))
+        if not step: break
+        direct.update(step)
+        frontier = {t for ts in step.values() for t in ts}
+    def final(c, seen=()):
+        nxt = direct.get(c)
+        if not nxt or c in seen: return [c]
+        return sorted({f for n in nxt for f in final(n, (*seen, c))})
+    return {c: final(c) for c in deprecated if c in direct}
+
+def map_codes(cdm, codelist: CodeList, *, ctv3_map=None) -> CodeMapping:
+    """`codelist`'s codes → source concepts of its vocabularies (codes normalised per system) → standard concepts by valid
+    `Maps to` rows; a deprecated source concept is first replaced by its `Concept replaced by` successors; a standard
+    source concept with no `Maps to` row stands for itself. Warns (`EmptyCodeListWarning`) when nothing is reached."""
+    if not isinstance(codelist, CodeList): raise InputError(f"map_codes needs a CodeList (see read_codelist); got {type(codelist).__name__}")
+    cl, system, via = codelist, codelist.system, {}
+    codes = [*cl.codes, *cl.exclude]
+    if system == "CTV3":
+        if ctv3_map is None:
+            raise InputError(f"code list {cl.name!r} is in CTV3, which OMOP has no vocabulary for: pass ctv3_map= a CTV3 → SNOMED CT map "
+                             "(a CSV with a CTV3 code column and a SNOMED code column, e.g. from NHS TRUD's cross-maps, or a dict)")
+        cmap = read_ctv3_map(ctv3_map)
+        via = {c: cmap.get(c, []) for c in codes}
+        lookup_system, wanted = "SNOMED", {c: via[c] for c in codes}
+    else:
+        lookup_system, wanted = system, {c: [c] for c in codes}
+    vocabs = SYSTEMS[lookup_system]
+    by_key = {}
+    for c, looks in wanted.items():
+        for l in looks: by_key.setdefault(code_key(lookup_system, l), set()).add(c)
+    concept = _cdm_table(cdm, "concept")
+    found = []   # (code, vocabulary, concept id, concept code, invalid reason, standard flag)
+    if vocabs and by_key and concept is not None:
+        keys = sorted(by_key)
+        if lookup_system in _DOTLESS: ck = concept.concept_code.upper().replace(".", "")
+        else: ck = concept.concept_code.strip()
+        hit = ck.isin(keys)
+        if lookup_system in ("ICD10", "ICD10CM"):
+            hit |= ck.substr(0, 3).isin([k for k in keys if len(k) == 3])
+        if lookup_system == "Read":
+            hit |= ck.substr(0, 5).isin([k for k in keys if len(k) == 5]) | ck.isin([k[:5] for k in keys if len(k) == 7])
+        q = concept.filter(concept.vocabulary_id.isin(vocabs) & hit)
+        cols = ["concept_id", "vocabulary_id", "concept_code", "standard_concept"] + (["invalid_reason"] if "invalid_reason" in concept.columns else [])
+        got = q.select(*cols).to_pyarrow().to_pylist()
+        for r in got:
+            ckeys = _concept_keys(lookup_system, r["concept_code"])
+            own = code_key(lookup_system, r["concept_code"])
+            for k in ckeys:
+                if k != own and not _prefix(lookup_system, k): continue
+                for c in by_key.get(k, ()):
+                    found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
+            if lookup_system == "Read" and len(own) == 5:   # a vocabulary of 5-character codes: a 7-character code matches its first 5
+                for k, cs in by_key.items():
+                    if len(k) == 7 and k[:5] == own:
+                        for c in cs: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
+    found = list(dict.fromkeys(found))
+    sources = {f[2] for f in found}
+    replaced = _replacements(cdm, {f[2] for f in found if f[4] not in (None, "", "V")})
+    targets = _relationships(cdm, "Maps to", sources | {r for rs in replaced.values() for r in rs})
+    standard = {f[2] for f in found if f[5] == "S"}
+    names = {}
+    reached = {t for ts in targets.values() for t in ts} | standard | {r for rs in replaced.values() for r in rs}
+    if reached and concept is not None:
+        n = concept.filter(concept.concept_id.isin(sorted(reached))).select("concept_id", "concept_name", "domain_id", "standard_concept")
+        names = {int(r["concept_id"]): r for r in n.to_pyarrow().to_pylist()}
+    rows = []
+    for code, vocab, sid, scode, invalid, std in found:
+        via_ids = replaced.get(sid, [])
+        maps = sorted({t for s in ([sid] + via_ids) for t in targets.get(s, [])})
+        if not maps:   # no Maps to row: a standard concept (or a standard replacement) stands for itself
+            maps = [s for s in ([sid] if std == "S" else []) + [r for r in via_ids if names.get(r, {}).get("standard_concept") == "S"]]
+        base = dict(code=code, vocabulary_id=vocab, source_concept_id=sid, source_concept_code=scode, source_invalid_reason=invalid,
+                    replaced_by=via_ids[0] if len(via_ids) == 1 else (", ".join(map(str, via_ids)) if via_ids else None))
+        for t in maps or [None]:
+            info = names.get(t, {})
+            rows.append(base | dict(standard_concept_id=t, standard_concept_name=info.get("concept_name"), domain_id=info.get("domain_id")))
+    seen = {r["code"] for r in rows}
+    rows += [dict(code=c) for c in codes if c not in seen]
+    df = pd.DataFrame(rows, columns=list(MAPPING_COLUMNS))
+    for col in ("source_concept_id", "standard_concept_id"): df[col] = df[col].astype("Int64")
+    mapping = CodeMapping(cl, df, via)
+    _warn_unmapped(cdm, mapping, concept, vocabs)
+    return mapping
+
+def _warn_unmapped(cdm, m: CodeMapping, concept, vocabs):
+    cl = m.codelist
+    if m.standard_concept_ids: return
+    if not vocabs:
+        return _empty_list(cl, "unknown vocabulary", f"OMOP has no {cl.system} vocabulary, so its codes cannot be looked up"
+                           + (" (BNF: map it to dm+d first)" if cl.system == "BNF" else ""), 4)
+    if m.source_concept_ids:
+        return _empty_list(cl, "no mapping", f"its codes are concepts here ({len(m.source_concept_ids)} source concepts) but none "
+                           "has a valid 'Maps to' row to a standard concept: as mapped it selects no events (try as_recorded)", 4)
+    if cl.system == "CTV3" and not any(m.via.values()):
+        return _empty_list(cl, "no mapping", "the CTV3 map given maps none of its codes to SNOMED", 4)
+    present = concept is not None and concept.filter(concept.vocabulary_id.isin(list(vocabs))).count().execute() > 0
+    if not present:
+        return _empty_list(cl, "unknown vocabulary", f"this CDM's vocabulary has no {' or '.join(vocabs)} concepts, so none of "
+                           "its codes can be looked up (a trimmed vocabulary, or another coding system: as_recorded may still "
+                           "match source values)", 4)
+    _empty_list(cl, "not in vocabulary", f"none of its {len(cl.codes)} codes is a {' or '.join(vocabs)} concept in this CDM's vocabulary", 4)
