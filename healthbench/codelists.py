@@ -17,9 +17,9 @@ from .errors import InputError, ConceptError, EmptyConceptSetWarning
 from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
 
 # %% auto #0
-__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'coding_system', 'CodeList', 'read_opencodelists', 'read_plain',
-           'read_hdruk', 'read_codelist', 'EmptyCodeListWarning', 'code_key', 'read_ctv3_map', 'CodeMapping',
-           'map_codes']
+__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'coding_system', 'CodeList',
+           'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning', 'code_key',
+           'read_ctv3_map', 'CodeMapping', 'map_codes', 'codelist_events']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
@@ -433,3 +433,67 @@ def _warn_unmapped(cdm, m: CodeMapping, concept, vocabs):
                            "its codes can be looked up (a trimmed vocabulary, or another coding system: as_recorded may still "
                            "match source values)", 4)
     _empty_list(cl, "not in vocabulary", f"none of its {len(cl.codes)} codes is a {' or '.join(vocabs)} concept in this CDM's vocabulary", 4)
+
+# %% ../nbs/04a_codelists.ipynb #bd2c2530
+EVENT_TABLES = {   # table -> (event id, standard concept, source concept, source value, person) columns
+    t: (f"{t}_id", f"{d}_concept_id", f"{d}_source_concept_id", f"{d}_source_value")
+    for t, d in (("condition_occurrence", "condition"), ("drug_exposure", "drug"), ("procedure_occurrence", "procedure"),
+                 ("measurement", "measurement"), ("observation", "observation"), ("device_exposure", "device"))}
+STRATEGIES = ("mapped", "as_recorded")
+
+def _source_value_key(system: str, v):
+    "The SQL form of `code_key` on a `*_source_value` column."
+    v = v.strip()
+    if system in _DOTLESS:
+        v = v.upper().replace(".", "")
+        if system != "OPCS4": v = ((v.length() == 4) & v.endswith("X")).ifelse(v.substr(0, 3), v)
+    return v
+
+def codelist_events(cdm, mapping: CodeMapping, strategy: str) -> ibis.Table:
+    """The events a mapped code list selects, one row per code and event it matches (`code`, `table`, `event_id`,
+    `person_id`): `strategy="mapped"`, events whose standard `*_concept_id` is a standard concept the code reaches;
+    `"as_recorded"`, events whose `*_source_concept_id` is one of the code's source concepts or whose `*_source_value`
+    is the code (normalised as `code_key`; a prefix code matches the values it begins). Events matched by an excluded
+    code are left out."""
+    if strategy not in STRATEGIES: raise InputError(f"strategy must be one of {list(STRATEGIES)}; got {_show(strategy)}")
+    if not isinstance(mapping, CodeMapping): raise InputError(f"codelist_events needs a CodeMapping (see map_codes); got {type(mapping).__name__}")
+    cl = mapping.codelist
+    rows = mapping.rows
+    def matches(codes, exact_only=False):
+        parts = []
+        if strategy == "mapped":
+            ok = rows[rows.code.isin(codes) & rows.standard_concept_id.notna() & rows.source_concept_id.isin(mapping.source_concept_ids)]
+            links = [("standard", ok[["code", "standard_concept_id"]].drop_duplicates())]
+        else:
+            src = rows[rows.code.isin(codes) & rows.source_concept_id.notna()]
+            if not exact_only: src = src[src.source_concept_id.isin(mapping.source_concept_ids)]
+            links = [("source", src[["code", "source_concept_id"]].drop_duplicates())]
+        for table, (eid, std, srcc, val) in EVENT_TABLES.items():
+            t = _cdm_table(cdm, table)
+            if t is None: continue
+            for kind, link in links:
+                col = std if kind == "standard" else srcc
+                if len(link) and col in t.columns:
+                    m = ibis.memtable(pd.DataFrame({"_code": link.code.astype(str), "_cid": link.iloc[:, 1].astype("int64")}))
+                    j = t.join(m, t[col].cast("int64") == m._cid)
+                    parts.append(j.select(code=j._code, table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
+            if strategy == "as_recorded" and val in t.columns:
+                v = _source_value_key(cl.system, t[val])
+                keys = pd.DataFrame({"_code": list(codes), "_key": [code_key(cl.system, c) for c in codes]})
+                for whole in (True, False):
+                    k = keys if whole else keys[[(not exact_only) and _prefix(cl.system, x) for x in keys._key]]
+                    if not len(k): continue
+                    m = ibis.memtable(k.assign(_n=k._key.str.len()))
+                    j = t.join(m, (v == m._key) if whole else (v.substr(0, m._n) == m._key))
+                    parts.append(j.select(code=j._code, table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
+        return parts
+    parts = matches(cl.codes)
+    if not parts:
+        return ibis.memtable(pd.DataFrame({"code": pd.Series(dtype=str), "table": pd.Series(dtype=str),
+                                           "event_id": pd.Series(dtype="int64"), "person_id": pd.Series(dtype="int64")}))
+    events = ibis.union(*parts, distinct=True)
+    out = matches(cl.exclude, exact_only=True) if cl.exclude and strategy == "as_recorded" else []
+    if out:
+        gone = ibis.union(*out, distinct=True).select("table", "event_id").distinct()
+        events = events.anti_join(gone, ["table", "event_id"])
+    return events
