@@ -17,9 +17,10 @@ from .errors import InputError, ConceptError, EmptyConceptSetWarning
 from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
 
 # %% auto #0
-__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'coding_system', 'CodeList',
-           'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning', 'code_key',
-           'read_ctv3_map', 'CodeMapping', 'map_codes', 'codelist_events']
+__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'coding_system',
+           'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning',
+           'code_key', 'read_ctv3_map', 'CodeMapping', 'map_codes', 'codelist_events', 'mapping_report',
+           'report_summary']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
@@ -497,3 +498,72 @@ def codelist_events(cdm, mapping: CodeMapping, strategy: str) -> ibis.Table:
         gone = ibis.union(*out, distinct=True).select("table", "event_id").distinct()
         events = events.anti_join(gone, ["table", "event_id"])
     return events
+
+# %% ../nbs/04a_codelists.ipynb #a2072573
+REPORT_COLUMNS = ("code", "description", "category", "excluded", "status", "vocabulary_id", "source_concepts", "replaced",
+                  "standard_concepts", "standard_concept_ids", "domains", "one_to_many", "many_to_one",
+                  "events_mapped", "persons_mapped", "events_as_recorded", "persons_as_recorded")
+
+def _counts(events) -> tuple[dict, dict]:
+    "Events and persons per code, and in all (under the key `None`; an event two codes match counts once)."
+    per = events.group_by("code").aggregate(events=events.count(), persons=events.person_id.nunique()).to_pyarrow().to_pylist()
+    ev, pe = {r["code"]: int(r["events"]) for r in per}, {r["code"]: int(r["persons"]) for r in per}
+    ev[None] = int(events.select("table", "event_id").distinct().count().execute())
+    pe[None] = int(events.person_id.nunique().execute() or 0)
+    return ev, pe
+
+def mapping_report(cdm, codelist: CodeList | CodeMapping, *, ctv3_map=None, warn: bool = True) -> pd.DataFrame:
+    """What happened to each code of a list: one row per code with its status ('mapped', 'no mapping', 'not in
+    vocabulary', 'no OMOP vocabulary', 'excluded'), the vocabulary it was found in, its source and standard concepts
+    (with their domains), whether it maps one-to-many or shares a standard concept with another code (many-to-one), and
+    the events and persons it selects under each strategy. `report.attrs["summary"]` holds the list's totals. A list
+    that selects no events under a strategy warns with the cause."""
+    m = codelist if isinstance(codelist, CodeMapping) else map_codes(cdm, codelist, ctv3_map=ctv3_map)
+    cl, rows = m.codelist, m.rows
+    counts = {s: _counts(codelist_events(cdm, m, s)) for s in STRATEGIES}
+    std_by_code = {c: sorted({int(i) for i in g.standard_concept_id.dropna()}) for c, g in rows[rows.source_concept_id.isin(m.source_concept_ids)].groupby("code")}
+    shared = pd.Series([i for c in cl.codes for i in std_by_code.get(c, [])]).value_counts()
+    excluded = set(cl.exclude)
+    out = []
+    for code in [*cl.codes, *cl.exclude]:
+        r = rows[rows.code == code]
+        std = std_by_code.get(code, [])
+        src = sorted({int(i) for i in r.source_concept_id.dropna()})
+        if code in excluded: status = "excluded"
+        elif not SYSTEMS[cl.system] and cl.system != "CTV3": status = "no OMOP vocabulary"
+        elif cl.system == "CTV3" and not m.via.get(code): status = "not in CTV3 map"
+        elif not src: status = "not in vocabulary"
+        elif not std: status = "no mapping"
+        else: status = "mapped"
+        dom = r[r.standard_concept_id.isin(std)].drop_duplicates("standard_concept_id").domain_id.fillna("(not in concept)")
+        out.append(dict(code=code, description=cl.description.get(code, ""), category=cl.category.get(code, ""),
+                        excluded=code in excluded, status=status, vocabulary_id=", ".join(sorted(set(r.vocabulary_id.dropna()))),
+                        source_concepts=len(src), replaced=bool(r.replaced_by.notna().any()), standard_concepts=len(std),
+                        standard_concept_ids=std, domains=", ".join(f"{d}: {n}" for d, n in dom.value_counts().sort_index().items()),
+                        one_to_many=len(std) > 1, many_to_one=code not in excluded and any(shared.get(i, 0) > 1 for i in std),
+                        **{f"{k}_{s}": (0 if code in excluded else counts[s][j].get(code, 0))
+                           for s in STRATEGIES for j, k in ((0, "events"), (1, "persons"))}))
+    report = pd.DataFrame(out, columns=list(REPORT_COLUMNS))
+    inc = report[~report.excluded]
+    reached = rows[rows.standard_concept_id.isin(m.standard_concept_ids)].drop_duplicates("standard_concept_id")
+    report.attrs["summary"] = {
+        "code list": cl.name, "coding system": cl.system, "codes read": len(cl.codes), "codes excluded": len(cl.exclude),
+        "found in vocabulary": int((inc.source_concepts > 0).sum()), "mapped": int((inc.status == "mapped").sum()),
+        "unmapped": inc.code[inc.status != "mapped"].tolist(), "one-to-many": int(inc.one_to_many.sum()),
+        "many-to-one": int(inc.many_to_one.sum()), "standard concepts": len(m.standard_concept_ids),
+        "standard concepts by domain": reached.domain_id.fillna("(not in concept)").value_counts().sort_index().to_dict(),
+        **{f"{k} {s.replace('_', ' ')}": counts[s][j][None] for s in STRATEGIES for j, k in ((0, "events"), (1, "persons"))}}
+    if warn:
+        for s in STRATEGIES:
+            if counts[s][0][None]: continue
+            if s == "mapped" and not m.standard_concept_ids: continue   # map_codes has warned with the cause
+            what = (f"its {len(m.standard_concept_ids)} standard concepts" if s == "mapped" else
+                    f"its codes and {len(m.source_concept_ids)} source concepts")
+            _empty_list(cl, "not in data", f"{what} match no events in this CDM ({s.replace('_', ' ')}): the codes are not present in the data")
+    return report
+
+def report_summary(report: pd.DataFrame) -> pd.DataFrame:
+    "A report's totals as a two-column table (measure, value), to keep with a study."
+    return pd.DataFrame([(k, ", ".join(map(str, v)) if isinstance(v, list) else
+                          ", ".join(f"{d}: {n}" for d, n in v.items()) if isinstance(v, dict) else v)
+                         for k, v in report.attrs["summary"].items()], columns=["measure", "value"])
