@@ -269,7 +269,7 @@ def _concept_keys(system: str, concept_code: str) -> set[str]:
     if system == "Read": return {k, k[:5]}
     return {k}
 
-# %% ../nbs/04a_codelists.ipynb #84939e05
+# %% ../nbs/04a_codelists.ipynb #0a8779ea
 def read_ctv3_map(source) -> dict[str, list[str]]:
     """A CTV3 → SNOMED CT map (e.g. from NHS TRUD's Read/CTV3 to SNOMED cross-maps, exported as CSV): one column of CTV3
     codes (named like `ctv3…`) and one of SNOMED codes (named like `snomed…`, `sct…` or `conceptid`); or a dict."""
@@ -428,7 +428,7 @@ def _warn_unmapped(cdm, m: CodeMapping, concept, vocabs):
                            "has a valid 'Maps to' row to a standard concept: as mapped it selects no events (try as_recorded)", 4)
     if cl.system == "CTV3" and not any(m.via.values()):
         return _empty_list(cl, "no mapping", "the CTV3 map given maps none of its codes to SNOMED", 4)
-    present = concept is not None and concept.filter(concept.vocabulary_id.isin(list(vocabs))).count().execute() > 0
+    present = concept is not None and concept.filter(concept.vocabulary_id.isin(list(vocabs))).count().to_pyarrow().as_py() > 0
     if not present:
         return _empty_list(cl, "unknown vocabulary", f"this CDM's vocabulary has no {' or '.join(vocabs)} concepts, so none of "
                            "its codes can be looked up (a trimmed vocabulary, or another coding system: as_recorded may still "
@@ -499,7 +499,7 @@ def codelist_events(cdm, mapping: CodeMapping, strategy: str) -> ibis.Table:
         events = events.anti_join(gone, ["table", "event_id"])
     return events
 
-# %% ../nbs/04a_codelists.ipynb #a2072573
+# %% ../nbs/04a_codelists.ipynb #568089a0
 REPORT_COLUMNS = ("code", "description", "category", "excluded", "status", "vocabulary_id", "source_concepts", "replaced",
                   "standard_concepts", "standard_concept_ids", "domains", "one_to_many", "many_to_one",
                   "events_mapped", "persons_mapped", "events_as_recorded", "persons_as_recorded")
@@ -508,8 +508,8 @@ def _counts(events) -> tuple[dict, dict]:
     "Events and persons per code, and in all (under the key `None`; an event two codes match counts once)."
     per = events.group_by("code").aggregate(events=events.count(), persons=events.person_id.nunique()).to_pyarrow().to_pylist()
     ev, pe = {r["code"]: int(r["events"]) for r in per}, {r["code"]: int(r["persons"]) for r in per}
-    ev[None] = int(events.select("table", "event_id").distinct().count().execute())
-    pe[None] = int(events.person_id.nunique().execute() or 0)
+    ev[None] = int(events.select("table", "event_id").distinct().count().to_pyarrow().as_py())
+    pe[None] = int(events.person_id.nunique().to_pyarrow().as_py() or 0)
     return ev, pe
 
 def mapping_report(cdm, codelist: CodeList | CodeMapping, *, ctv3_map=None, warn: bool = True) -> pd.DataFrame:
