@@ -158,7 +158,7 @@ def read_plain(source, system: str, *, name: str | None = None) -> CodeList:
     if not codes: raise InputError(f"{label} is empty: a plain code list has one code per line")
     return CodeList(name or stem, system, codes, source=label.removeprefix("code list file "))
 
-# %% ../nbs/04a_codelists.ipynb #ec79ea6c
+# %% ../nbs/04a_codelists.ipynb #18bc7bf6
 HDRUK_FIELDS = ("code", "description", "coding_system", "concept_id", "concept_version_id", "concept_name", "logical_type",
                 "attributes", "phenotype_id", "phenotype_version_id", "phenotype_name")
 
@@ -191,13 +191,12 @@ def read_hdruk(source) -> list[CodeList]:
         if "coding_system" not in header and "coding_system_name" in header:
             for r in data: r["coding_system"] = r.pop("coding_system_name")
         where = lambda k: f"{label}: line {lines[k]}"
-    missing = [f for f in ("code", "coding_system", "logical_type") if data and f not in data[0]]
     if not data: raise InputError(f"{label} holds no codes")
-    if missing: raise InputError(f"{label}: no {missing} field; an HDR UK code export has {list(HDRUK_FIELDS)}")
+    required = ("code", "coding_system", "logical_type")
     groups = {}
     for k, r in enumerate(data):
-        if any(f not in r for f in missing + ["code", "coding_system", "logical_type"]):
-            raise InputError(f"{where(k)}: lacks a field of {['code', 'coding_system', 'logical_type']}")
+        missing = [f for f in required if f not in r]
+        if missing: raise InputError(f"{where(k)}: no {missing} field; an HDR UK code export has {list(HDRUK_FIELDS)}")
         code = str(r["code"] if r["code"] is not None else "").strip()
         if not code: raise InputError(f"{where(k)}: no code" + (f" (column {list(data[k]).index('code') + 1})" if lines[k] else ""))
         kind = str(r["logical_type"] or "").strip().lower()
@@ -435,7 +434,7 @@ def _warn_unmapped(cdm, m: CodeMapping, concept, vocabs):
                            "match source values)", 4)
     _empty_list(cl, "not in vocabulary", f"none of its {len(cl.codes)} codes is a {' or '.join(vocabs)} concept in this CDM's vocabulary", 4)
 
-# %% ../nbs/04a_codelists.ipynb #bd2c2530
+# %% ../nbs/04a_codelists.ipynb #d55ee254
 EVENT_TABLES = {   # table -> (event id, standard concept, source concept, source value, person) columns
     t: (f"{t}_id", f"{d}_concept_id", f"{d}_source_concept_id", f"{d}_source_value")
     for t, d in (("condition_occurrence", "condition"), ("drug_exposure", "drug"), ("procedure_occurrence", "procedure"),
@@ -450,12 +449,13 @@ def _source_value_key(system: str, v):
         if system != "OPCS4": v = ((v.length() == 4) & v.endswith("X")).ifelse(v.substr(0, 3), v)
     return v
 
-def codelist_events(cdm, mapping: CodeMapping, strategy: str) -> ibis.Table:
+def codelist_events(cdm, mapping: CodeMapping, strategy: str, *, warn: bool = True) -> ibis.Table:
     """The events a mapped code list selects, one row per code and event it matches (`code`, `table`, `event_id`,
     `person_id`): `strategy="mapped"`, events whose standard `*_concept_id` is a standard concept the code reaches;
     `"as_recorded"`, events whose `*_source_concept_id` is one of the code's source concepts or whose `*_source_value`
     is the code (normalised as `code_key`; a prefix code matches the values it begins). Events matched by an excluded
-    code are left out."""
+    code are left out. With `warn`, a list that selects no events warns (`EmptyCodeListWarning`, reason 'not in data'),
+    at the cost of one small query."""
     if strategy not in STRATEGIES: raise InputError(f"strategy must be one of {list(STRATEGIES)}; got {_show(strategy)}")
     if not isinstance(mapping, CodeMapping): raise InputError(f"codelist_events needs a CodeMapping (see map_codes); got {type(mapping).__name__}")
     cl = mapping.codelist
@@ -490,16 +490,24 @@ def codelist_events(cdm, mapping: CodeMapping, strategy: str) -> ibis.Table:
         return parts
     parts = matches(cl.codes)
     if not parts:
-        return ibis.memtable(pd.DataFrame({"code": pd.Series(dtype=str), "table": pd.Series(dtype=str),
-                                           "event_id": pd.Series(dtype="int64"), "person_id": pd.Series(dtype="int64")}))
-    events = ibis.union(*parts, distinct=True)
-    out = matches(cl.exclude, exact_only=True) if cl.exclude and strategy == "as_recorded" else []
+        events = ibis.memtable(pd.DataFrame({"code": pd.Series(dtype=str), "table": pd.Series(dtype=str),
+                                             "event_id": pd.Series(dtype="int64"), "person_id": pd.Series(dtype="int64")}))
+    else: events = ibis.union(*parts, distinct=True)
+    out = matches(cl.exclude, exact_only=True) if parts and cl.exclude and strategy == "as_recorded" else []
     if out:
         gone = ibis.union(*out, distinct=True).select("table", "event_id").distinct()
         events = events.anti_join(gone, ["table", "event_id"])
+    if warn and not (strategy == "mapped" and not mapping.standard_concept_ids) and not events.limit(1).to_pyarrow().num_rows:
+        _not_in_data(mapping, strategy, 3)   # (a list that maps to nothing has had map_codes's warning)
     return events
 
-# %% ../nbs/04a_codelists.ipynb #568089a0
+def _not_in_data(m: CodeMapping, strategy: str, stacklevel: int):
+    what = (f"its {len(m.standard_concept_ids)} standard concepts" if strategy == "mapped" else
+            f"its codes and {len(m.source_concept_ids)} source concepts")
+    _empty_list(m.codelist, "not in data", f"{what} match no events in this CDM ({strategy.replace('_', ' ')}): the codes are "
+                "not present in the data", stacklevel + 1)
+
+# %% ../nbs/04a_codelists.ipynb #fd06c30e
 REPORT_COLUMNS = ("code", "description", "category", "excluded", "status", "vocabulary_id", "source_concepts", "replaced",
                   "standard_concepts", "standard_concept_ids", "domains", "one_to_many", "many_to_one",
                   "events_mapped", "persons_mapped", "events_as_recorded", "persons_as_recorded")
@@ -520,7 +528,7 @@ def mapping_report(cdm, codelist: CodeList | CodeMapping, *, ctv3_map=None, warn
     that selects no events under a strategy warns with the cause."""
     m = codelist if isinstance(codelist, CodeMapping) else map_codes(cdm, codelist, ctv3_map=ctv3_map)
     cl, rows = m.codelist, m.rows
-    counts = {s: _counts(codelist_events(cdm, m, s)) for s in STRATEGIES}
+    counts = {s: _counts(codelist_events(cdm, m, s, warn=False)) for s in STRATEGIES}
     std_by_code = {c: sorted({int(i) for i in g.standard_concept_id.dropna()}) for c, g in rows[rows.source_concept_id.isin(m.source_concept_ids)].groupby("code")}
     shared = pd.Series([i for c in cl.codes for i in std_by_code.get(c, [])]).value_counts()
     excluded = set(cl.exclude)
@@ -557,9 +565,7 @@ def mapping_report(cdm, codelist: CodeList | CodeMapping, *, ctv3_map=None, warn
         for s in STRATEGIES:
             if counts[s][0][None]: continue
             if s == "mapped" and not m.standard_concept_ids: continue   # map_codes has warned with the cause
-            what = (f"its {len(m.standard_concept_ids)} standard concepts" if s == "mapped" else
-                    f"its codes and {len(m.source_concept_ids)} source concepts")
-            _empty_list(cl, "not in data", f"{what} match no events in this CDM ({s.replace('_', ' ')}): the codes are not present in the data")
+            _not_in_data(m, s, 3)
     return report
 
 def report_summary(report: pd.DataFrame) -> pd.DataFrame:
