@@ -158,7 +158,7 @@ def read_plain(source, system: str, *, name: str | None = None) -> CodeList:
     if not codes: raise InputError(f"{label} is empty: a plain code list has one code per line")
     return CodeList(name or stem, system, codes, source=label.removeprefix("code list file "))
 
-# %% ../nbs/04a_codelists.ipynb #18bc7bf6
+# %% ../nbs/04a_codelists.ipynb #3412bc81
 HDRUK_FIELDS = ("code", "description", "coding_system", "concept_id", "concept_version_id", "concept_name", "logical_type",
                 "attributes", "phenotype_id", "phenotype_version_id", "phenotype_name")
 
@@ -231,9 +231,10 @@ def read_codelist(source, system: str | None = None, **options) -> CodeList:
     return (read_plain if suffix in (".txt", "") else read_opencodelists)(source, system, **options)
 
 def _looks_hdruk(path) -> bool:
-    try: head = Path(path).read_bytes()[:4096].decode("utf-8", "replace").lstrip("\ufeff").splitlines()[0]
-    except (OSError, IndexError): return False
-    cols = {c.strip().strip('"') for c in head.split(",")}
+    "Whether a CSV file's header is an HDR UK export's (decoded as the readers decode it)."
+    try: text = _read_text(path, "code list file")[0]
+    except InputError: return False   # the reader it goes to names the problem
+    cols = {c.strip() for c in next(csv.reader(io.StringIO(text)), [])}
     return {"code", "logical_type"} <= cols and bool(cols & {"coding_system", "coding_system_name"})
 
 # %% ../nbs/04a_codelists.ipynb #f2850154
