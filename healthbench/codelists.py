@@ -443,8 +443,8 @@ def _warn_unmapped(cdm, m: CodeMapping, concept, vocabs):
                            "match source values)", 4)
     _empty_list(cl, "not in vocabulary", f"none of its {len(cl.codes)} codes is a {' or '.join(vocabs)} concept in this CDM's vocabulary", 4)
 
-# %% ../nbs/04a_codelists.ipynb #80f40797
-EVENT_TABLES = {   # table -> (event id, standard concept, source concept, source value, person) columns
+# %% ../nbs/04a_codelists.ipynb #dc1306ad
+EVENT_TABLES = {   # table -> its (event id, standard concept, source concept, source value) columns
     t: (f"{t}_id", f"{d}_concept_id", f"{d}_source_concept_id", f"{d}_source_value")
     for t, d in (("condition_occurrence", "condition"), ("drug_exposure", "drug"), ("procedure_occurrence", "procedure"),
                  ("measurement", "measurement"), ("observation", "observation"), ("device_exposure", "device"))}
@@ -518,7 +518,7 @@ def _not_in_data(m: CodeMapping, strategy: str, stacklevel: int):
     _empty_list(m.codelist, "not in data", f"{what} match no events in this CDM ({strategy.replace('_', ' ')}): the codes are "
                 "not present in the data", stacklevel + 1)
 
-# %% ../nbs/04a_codelists.ipynb #bd78dff6
+# %% ../nbs/04a_codelists.ipynb #ddca0d3a
 REPORT_COLUMNS = ("code", "description", "category", "excluded", "status", "vocabulary_id", "source_concepts", "replaced",
                   "standard_concepts", "standard_concept_ids", "domains", "one_to_many", "many_to_one",
                   "events_mapped", "persons_mapped", "events_as_recorded", "persons_as_recorded")
