@@ -5,7 +5,7 @@ healthbench's code or a database: ICD-10 codes compared upper case without the d
 source concepts of the system's vocabularies; 'Maps to' from a source concept and from its 'Concept replaced by'
 successors, a standard concept standing for itself when it has none; excluded codes' source concepts removed; events
 `mapped` by standard concept, `as_recorded` by source concept or source value (events an excluded code matches
-exactly left out). Random vocabularies, events and lists (seeded; HB_CODELIST_EXAMPLES sets how many, 200 by default)
+exactly left out). Random vocabularies, events and lists (seeded; HB_CODELIST_EXAMPLES sets how many, 100 by default)
 must give the same (code, event) pairs under both strategies.
 """
 import datetime as dt, os, random, warnings
@@ -17,7 +17,7 @@ from healthbench.cdm import CDM
 from healthbench.codelists import CodeList, codelist_events, map_codes
 from healthbench.schema import official_type, table_fields
 
-EXAMPLES = int(os.environ.get("HB_CODELIST_EXAMPLES", "200"))
+EXAMPLES = int(os.environ.get("HB_CODELIST_EXAMPLES", "100"))
 CATEGORIES = ["K92", "K25", "I10", "J45"]
 CODES = CATEGORIES + [f"{c}.{d}" for c in CATEGORIES[:2] + ["J45"] for d in range(4)]
 STANDARD = [100 + i for i in range(6)]
