@@ -216,7 +216,7 @@ class CohortBuilder(W.VBox):
         self.cdm, self.rules, self.debounce = cdm, rules or uk_default(), float(debounce)
         self._run_lock, self._state_lock = threading.Lock(), threading.Lock()
         self._version, self._timer, self._loading = 0, None, False
-        self._cache = GenerationCache(cdm)          # entry events, scans and lookups reused between edits
+        self._cache = GenerationCache(cdm)          # drops the previous edit's stage tables
         self.result = self.attrition = self.error = None
         self.expression = None                      # an imported Circe expression the builder cannot edit (read-only)
         self._make_widgets()
