@@ -57,10 +57,17 @@ def _temp_name() -> str: return f"_hb_{uuid.uuid4().hex[:16]}"
 # ---- value filters: Circe's NumericRange, DateRange, TextFilter ------------------------------------------------------
 _OPS = {"lt": "__lt__", "lte": "__le__", "eq": "__eq__", "!eq": "__ne__", "neq": "__ne__", "gt": "__gt__", "gte": "__ge__"}
 
+def _is_null(x) -> bool:
+    "Whether `x` is a NULL literal (ibis turns `NULL != v` into `v IS NOT NULL`, which is not SQL's NULL)."
+    import ibis.expr.operations as ops
+    o = x.op() if hasattr(x, "op") else None
+    return isinstance(o, ops.Literal) and o.value is None
+
 def _range(x, r, *, decimals: bool = False, path: str = ""):
     """`x` within Circe's NumericRange `r`. Like Circe, bounds are whole numbers (truncated) unless the attribute is a
     measured value (`decimals`: rounded to 4 places); bt is inclusive at both ends; a null `x` never passes."""
     if r is None or r.op is None: return None
+    if _is_null(x): return ibis.literal(False)   # a column the CDM lacks: SQL's NULL passes no comparison, negated or not
     conv = (lambda v: round(float(v), 4)) if decimals else (lambda v: int(v))
     op = r.op.lower()
     if op.endswith("bt"):
@@ -78,6 +85,7 @@ def _date(v) -> ibis.Expr:
 def _date_range(x, r, path: str = ""):
     "`x` (a date) within Circe's DateRange `r` (the same operators as a numeric range)."
     if r is None or r.op is None: return None
+    if _is_null(x): return ibis.literal(False)
     op = r.op.lower()
     if op.endswith("bt"):
         if r.value is None or r.extent is None: return None

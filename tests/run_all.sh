@@ -37,7 +37,7 @@ notebooks_are_clean() {
 }
 
 run_pytest() {
-  python -m pytest -q -p no:cacheprovider
+  HB_HYPOTHESIS_DERANDOMIZE="${HB_HYPOTHESIS_DERANDOMIZE:-1}" python -m pytest -q -p no:cacheprovider
   local rc=$?
   if [ $rc -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; return 1; fi
   return $rc
