@@ -327,7 +327,9 @@ def main(argv=None):
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 5_000_000], help="numbers of persons")
     p.add_argument("--repeats", type=int, default=5, help="runs per measurement (medians reported)")
     p.add_argument("--pandas-budget", type=float, default=300.0,
-                   help="seconds of plain-pandas runs per size: repeat only while the next run fits (at least 1 run)")
+                   help="seconds of plain-pandas runs per size: repeat only while the next run fits (at least 1 run); 0 skips "
+                        "them (the plain-Python Circe evaluator holds every row as a dict: at 1M persons it passed 23 GiB "
+                        "and was killed by the OOM killer)")
     p.add_argument("--pandas-max-seconds", type=float, default=600.0,
                    help="skip plain pandas at a size when one run, extrapolated linearly from the previous size, "
                         "would take longer than this")
@@ -337,8 +339,8 @@ def main(argv=None):
           f"{TARGET_PANDAS_RATIO:.0f}x engine; feature extraction < {TARGET_FEATURES_S:.0f} s\n", flush=True)
     results, prev = [], None
     for n in sorted(a.sizes):
-        skip = ""
-        if prev is not None and prev.get("pandas_s"):
+        skip = "skipped: --pandas-budget 0" if a.pandas_budget <= 0 else ""
+        if not skip and prev is not None and prev.get("pandas_s"):
             predicted = prev["pandas_s"] * n / prev["n"]
             if predicted > a.pandas_max_seconds:
                 skip = (f"skipped: one run extrapolated from {prev['n']:,} persons ({prev['pandas_s']:.0f} s there) "
