@@ -487,7 +487,7 @@ def codelist_events(cdm, mapping: CodeMapping, strategy: str, *, warn: bool = Tr
                 if len(link) and col in t.columns:
                     m = ibis.memtable(pd.DataFrame({"_code": link.code.astype(str), "_cid": link.iloc[:, 1].astype("int64")}))
                     j = t.join(m, t[col].cast("int64") == m._cid)
-                    parts.append(j.select(code=j._code, table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
+                    parts.append(j.select(code=j._code.cast("string"), table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
             if strategy == "as_recorded" and val in t.columns:
                 spelled = pd.DataFrame([(c, f) for c in codes for f in _spellings(cl.system, code_key(cl.system, c))], columns=["_code", "_key"])
                 n = _PREFIX_LENGTH.get(cl.system)
@@ -497,12 +497,13 @@ def codelist_events(cdm, mapping: CodeMapping, strategy: str, *, warn: bool = Tr
                     if not len(k): continue
                     m = ibis.memtable(k)
                     j = t.join(m, (t[val] == m._key) if whole else (t[val].substr(0, n) == m._key))   # equi-joins both
-                    parts.append(j.select(code=j._code, table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
+                    parts.append(j.select(code=j._code.cast("string"), table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
         return parts
     parts = matches(cl.codes)
     if not parts:
         events = ibis.memtable(pd.DataFrame({"code": pd.Series(dtype=str), "table": pd.Series(dtype=str),
-                                             "event_id": pd.Series(dtype="int64"), "person_id": pd.Series(dtype="int64")}))
+                                             "event_id": pd.Series(dtype="int64"), "person_id": pd.Series(dtype="int64")}),
+                               schema={"code": "string", "table": "string", "event_id": "int64", "person_id": "int64"})   # pandas 2 infers null
     else: events = ibis.union(*parts, distinct=True)
     out = matches(cl.exclude, exact_only=True) if parts and cl.exclude and strategy == "as_recorded" else []
     if out:
@@ -528,6 +529,7 @@ REPORT_COLUMNS = ("code", "description", "category", "excluded", "status", "voca
 def _counts(events) -> tuple[dict, dict]:
     "Events and persons per code, and in all (under the key `None`; an event two codes match counts once), in one query."
     per = events.group_by("code").aggregate(events=events.count(), persons=events.person_id.nunique())
+    per = per.mutate(code=per.code.cast("string"))
     distinct = events.select("table", "event_id", "person_id").distinct()
     total = distinct.aggregate(code=ibis.null("string"), events=distinct.count(), persons=distinct.person_id.nunique())
     got = per.union(total.select("code", "events", "persons")).to_pyarrow().to_pylist()
