@@ -10,39 +10,12 @@ from __future__ import annotations
 
 import pandas as pd
 
-IMD_CONCEPT = 35812882
-GENDER = {"male": 8507, "female": 8532}
-
-#: domain -> (table, concept column, date column, value column or None)
-DOMAINS = {
-    "condition": ("condition_occurrence", "condition_concept_id", "condition_start_date", None),
-    "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date", None),
-    "measurement": ("measurement", "measurement_concept_id", "measurement_date", "value_as_number"),
-    "observation": ("observation", "observation_concept_id", "observation_date", "value_as_number"),
-    "visit": ("visit_occurrence", "visit_concept_id", "visit_start_date", None),
-    "procedure": ("procedure_occurrence", "procedure_concept_id", "procedure_date", None),
-    "device": ("device_exposure", "device_concept_id", "device_exposure_start_date", None),
-}
-
 COHORT_COLUMNS = ["person_id", "cohort_start_date", "cohort_end_date"]
 ATTRITION_COLUMNS = ["step", "persons", "records", "persons_lost", "records_lost"]
 
 
 class ReferenceConceptError(ValueError):
     "A concept set names unknown concepts (with on_unknown='error') among known ones."
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _dates(s: pd.Series) -> pd.Series:
-    "Any date-like column as datetime64[ns] at midnight."
-    return pd.to_datetime(s).astype("datetime64[ns]").dt.normalize()
-
-
-def _table(tables: dict, name: str, columns: list[str]) -> pd.DataFrame:
-    if name not in tables:
-        return pd.DataFrame({c: pd.Series([], dtype="object") for c in columns})
-    df = tables[name]
-    return df[[c for c in columns if c in df.columns]].copy()
 
 
 # ------------------------------------------------------------------------------------------ concept sets

@@ -274,3 +274,13 @@ def assert_same_attrition(att_a: pd.DataFrame, att_b: pd.DataFrame, *, columns=(
     side = attrition_side_by_side(att_a, att_b, columns=columns, names=names)
     if not side["same"].all():
         raise AssertionError("attrition differs:\n" + side.to_string(index=False))
+
+
+def assert_same_as_circe(result, rows, attrition, *, names: tuple[str, str] = ("circe", "healthbench")) -> None:
+    """circepy's `result` (a CirceResult) and another engine's cohort `rows` and ATLAS `attrition` (qualifying events,
+    then each rule) agree: the rows, persons and records at every step, and each rule on its own and failing only it."""
+    assert_same_cohort(result.rows, rows, names=names)
+    assert_same_attrition(result.attrition, attrition, names=names)
+    if len(attrition) > 1:
+        assert_same_attrition(result.attrition.iloc[1:].reset_index(drop=True), attrition.iloc[1:].reset_index(drop=True),
+                              names=names, columns=("rule_persons", "rule_records", "gain_persons", "gain_records"))
