@@ -472,15 +472,17 @@ class Attrition(pd.DataFrame):
 
     def plot(self, ax=None, title: str | None = None):
         "A CONSORT-style flow diagram: a box per step with what remains, and what each step excluded beside it."
+        import textwrap
         import matplotlib.pyplot as plt
         from matplotlib.patches import FancyBboxPatch
         n = len(self)
-        if ax is None: fig, ax = plt.subplots(figsize=(8, 1.25 * n + 0.6))
+        if ax is None: fig, ax = plt.subplots(figsize=(8, 1.45 * n + 0.6))
         else: fig = ax.figure
         ax.set_xlim(0, 10); ax.set_ylim(-n * 1.2 - 0.2, 0.6); ax.axis("off")
         for i, row in enumerate(self.itertuples(index=False)):
             y = -i * 1.2
             label = getattr(row, "description", row.step)
+            label = "\n".join(textwrap.wrap(str(label), 52)[:3])   # ATLAS's rule names run long: wrapped inside the box
             text = f"{label}\n{row.persons:,} persons, {row.records:,} records"
             ax.add_patch(FancyBboxPatch((0.3, y - 0.4), 5.2, 0.8, boxstyle="round,pad=0.05", fc="#eef3fb", ec="#4c72b0"))
             ax.text(2.9, y, text, ha="center", va="center", fontsize=9)
