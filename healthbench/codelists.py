@@ -20,7 +20,7 @@ from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
 __all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'coding_system',
            'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning',
            'code_key', 'read_ctv3_map', 'CodeMapping', 'map_codes', 'codelist_events', 'mapping_report',
-           'report_summary']
+           'report_summary', 'guess_system', 'read_codelists']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
@@ -596,3 +596,114 @@ def report_summary(report: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([(k, ", ".join(map(str, v)) if isinstance(v, list) else
                           ", ".join(f"{d}: {n}" for d, n in v.items()) if isinstance(v, dict) else v)
                          for k, v in report.attrs["summary"].items()], columns=["measure", "value"])
+
+# %% ../nbs/04a_codelists.ipynb #894486fe
+_SYSTEM_SUFFIXES = ("codes", "code", "id", "ids", "concept")
+_LIST_FILES = {".csv", ".txt", ".json"}
+_OPENSAFELY_FILES = ("codelists.txt", "codelists.json")   # the manifest and the download record, not code lists
+
+def _system_named_by(column: str) -> str | None:
+    "The coding system a column's name names (`ctv3_id`, `snomedcode`, `dmd_id`, `icd10_code`, `Read codes v2`), or None."
+    n = re.sub(r"[^a-z0-9+]", "", column.lower())
+    for c in [n] + [n[: -len(s)] for s in _SYSTEM_SUFFIXES if n.endswith(s) and len(n) > len(s)]:
+        if c in _ALIASES: return _ALIASES[c]
+    return None
+
+_ICD10_SHAPE = re.compile(r"[A-Z][0-9]{2}(\.?[0-9A-Z]{1,4})?")
+
+def _system_from_codes(codes: list[str]) -> tuple[str | None, str]:
+    """The coding system the shape of every code says, with why; `(None, why not)` when the shapes fit more than one.
+    Only ICD-10 is told apart by shape: dotted codes (`K92.2`) that OPCS-4 cannot be (a chapter `I`, or more than one
+    character after the dot). Read v2 and CTV3 codes share one shape (`G30..`), SNOMED CT and dm+d ids are both numbers."""
+    cs = [c.strip() for c in codes if c.strip()]
+    if cs and all(_ICD10_SHAPE.fullmatch(c) for c in cs) and any("." in c for c in cs):
+        if any(c[0] == "I" or len(c.partition(".")[2]) > 1 for c in cs): return "ICD10", "dotted ICD-10 codes"
+        return None, "dotted codes that could be ICD-10 or OPCS-4"
+    if cs and all(len(c) == 5 and re.fullmatch(r"[A-Za-z0-9]+\.*", c) for c in cs):
+        return None, "5-character codes that could be Read v2 or CTV3"
+    if cs and all(c.isdigit() for c in cs): return None, "numeric ids that could be SNOMED CT or dm+d"
+    return None, "codes whose shape names no coding system"
+
+def guess_system(source, *, code_column: str | None = None) -> tuple[str | None, str]:
+    """The coding system of a code list file, with how it was told: from a column named for a system (`ctv3_id`,
+    `snomedcode`, `dmd_id`, `icd10_code`), else from the shape of every code where only one system fits (dotted ICD-10);
+    `(None, why not)` otherwise. HDR UK exports name their systems per row and are not guessed."""
+    text, label, _ = _read_text(source, "code list file")
+    if Path(str(source)).suffix.lower() == ".txt":
+        return _system_from_codes(text.split())
+    header, rows = _csv_rows(text, label)
+    named = {h: _system_named_by(h) for h in header}
+    if code_column and named.get(code_column): return named[code_column], f"its {code_column!r} column"
+    systems = sorted({s for s in named.values() if s})
+    if len(systems) == 1:
+        return systems[0], f"its {[h for h, s in named.items() if s][0]!r} column"
+    if len(systems) > 1: return None, f"its columns name {systems}"
+    try: col = code_column or _guess_column(header, label, _CODE_WORDS, "code column")
+    except InputError: return None, f"no column names its system and the code column is unclear ({header})"
+    if col not in header: return None, f"it has no {col!r} column"
+    return _system_from_codes([f[header.index(col)] for _, f in rows])
+
+def _manifest(folder: Path) -> list[tuple[str, list[str]]]:
+    "codelists.txt's lines as (the line, the file names `opensafely codelists pull` may have written for it)."
+    out = []
+    for n, line in enumerate((folder / "codelists.txt").read_text(encoding="utf-8-sig").splitlines(), 1):
+        line = line.split("#")[0].strip()
+        if not line: continue
+        parts = line.split("/")
+        if len(parts) not in (3, 4) or not all(parts):
+            raise InputError(f"{folder / 'codelists.txt'}: line {n}: {line!r} is not an OpenCodelists id: expected "
+                             "org/codelist/version (or user/name/codelist/version)")
+        out.append((line, ["-".join(parts[:-1]) + ".csv", "-".join(parts) + ".csv"]))   # current and older CLI names
+    return out
+
+def read_codelists(folder, systems: dict | None = None, *, code_column: str | None = None, progress: bool = False) -> dict[str, CodeList]:
+    """Every code list in a folder, by name (its file's stem): an OpenSAFELY `codelists/` folder (its CSVs, checked
+    against `codelists.txt` when there is one: a listed file that is missing is an error), HDR UK exports (`.json`, or
+    `.csv` with their fields; an export of several lists gives `stem: list name` for each) and plain `.txt` lists.
+    A file's coding system is `systems[file name or stem]`, else `guess_system`'s; the files whose system cannot be told
+    are named together in one `InputError`, with how to give it."""
+    if not isinstance(folder, (str, os.PathLike)): raise InputError(f"read_codelists needs a folder path; got {type(folder).__name__}")
+    folder = Path(folder)
+    if not folder.exists(): raise InputError(f"code list folder {str(folder)!r} does not exist")
+    if not folder.is_dir(): raise InputError(f"{str(folder)!r} is a file, not a folder: read one list with read_codelist")
+    systems = dict(systems or {})
+    if not all(isinstance(k, str) for k in systems): raise InputError(f"systems maps file names or stems to coding systems; got keys {_show(list(systems))}")
+    systems = {k: coding_system(v) for k, v in systems.items()}
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _LIST_FILES and p.name not in _OPENSAFELY_FILES)
+    if (folder / "codelists.txt").is_file():
+        missing = [line for line, names in _manifest(folder) if not any((folder / f).is_file() for f in names)]
+        if missing:
+            raise InputError(f"{folder / 'codelists.txt'} lists {missing}, whose files are not in {str(folder)!r} (expected "
+                             f"{[_manifest_name(m) for m in missing]}): run `opensafely codelists pull`, or remove the lines")
+    unknown = [k for k in systems if not any(k in (p.name, p.stem) for p in files)]
+    if unknown: raise InputError(f"systems names {unknown}, which are not code list files in {str(folder)!r}; its files are {[p.name for p in files]}")
+    if not files: raise InputError(f"{str(folder)!r} holds no code list files (.csv, .txt or HDR UK .json)")
+    plan, undecided = [], []
+    for p in files:
+        hdruk = p.suffix.lower() == ".json" or (p.suffix.lower() == ".csv" and _looks_hdruk(p))
+        system = systems.get(p.name, systems.get(p.stem))
+        if system is None and not hdruk:
+            system, why = guess_system(p, code_column=code_column)
+            if system is None: undecided.append(f"{p.name} ({why})")
+        plan.append((p, hdruk, system))
+    if undecided:
+        raise InputError(f"cannot tell the coding system of {len(undecided)} file{'s' * (len(undecided) > 1)} in {str(folder)!r}: "
+                         + "; ".join(undecided) + ". Give it: systems={" + ", ".join(f"{u.split(' (')[0]!r}: '<system>'" for u in undecided[:2])
+                         + ", ...} (Python), or --system (one for all) on the command line; systems are " + str(sorted(SYSTEMS)))
+    out = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(plan), desc="code lists", unit="file")
+    for p, hdruk, system in plan:
+        if hdruk:
+            lists = read_hdruk(p)
+            for cl in lists: out[p.stem if len(lists) == 1 else f"{p.stem}: {cl.name}"] = cl
+        elif p.suffix.lower() == ".txt": out[p.stem] = read_plain(p, system)
+        else: out[p.stem] = read_opencodelists(p, system, code_column=code_column)
+        if bar is not None: bar.update()
+    if bar is not None: bar.close()
+    return out
+
+def _manifest_name(line: str) -> str: return "-".join(line.split("/")[:-1]) + ".csv"
+
