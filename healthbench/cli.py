@@ -1,4 +1,4 @@
-"""`healthbench synth`, `demo`, `import-cdm`, `run`, `templates` and `verify`: the workbench from a terminal.
+"""`healthbench synth`, `demo`, `import-cdm`, `run`, `templates`, `verify` and `codelist`: the workbench from a terminal.
 
 Docs: https://github.com/healthbench/healthbench/cli.html.md"""
 
@@ -271,6 +271,18 @@ def _parser() -> argparse.ArgumentParser:
                         "name and sha256 the manifest records is run")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=_verify)
+    c = sub.add_parser("codelist", help="map a code list file (or a folder of them) to a CDM and report what each code reaches",
+                       description="Read a code list (OpenCodelists CSV, HDR UK export, plain .txt list) or a folder of them "
+                                   "(an OpenSAFELY codelists/ folder), map it to the CDM's standard concepts and print, per list, "
+                                   "the mapping summary and one row per code: status, concepts, events and persons mapped and as recorded.")
+    c.add_argument("file", metavar="FILE", help="a code list file or a folder of code list files")
+    c.add_argument("--cdm", required=True, help="the OMOP CDM: a DuckDB file or an ibis URL (opened read-only)")
+    c.add_argument("--system", help="the coding system of FILE (of every list in a folder), e.g. icd10, snomedct, ctv3, read2, "
+                                    "opcs4, dmd; default: from a column name or the codes' shape, where that tells it")
+    c.add_argument("--code-column", help="the CSV column holding the codes (default: the one column named like one)")
+    c.add_argument("--ctv3-map", metavar="FILE", help="a CTV3 -> SNOMED CT map (CSV), needed for CTV3 lists")
+    c.add_argument("--out", metavar="REPORT.csv", help="also write the per-code report of every list to this new CSV file (never overwritten)")
+    c.set_defaults(func=_codelist)
     return p
 
 def _terminated(signum, frame): raise Interrupted("terminated", signum=signum)
@@ -295,3 +307,77 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         if before is not None: signal.signal(signal.SIGTERM, before)
+
+# %% ../nbs/90_cli.ipynb #9b17d97f
+_REPORT_SHOWN = ["code", "status", "vocabulary_id", "standard_concepts", "domains", "events_mapped", "persons_mapped",
+                 "events_as_recorded", "persons_as_recorded"]
+
+def _codelists_of(args) -> dict:
+    "The code lists named by FILE (one file, or a folder of them), read with --system and --code-column."
+    from healthbench import codelists as CL
+    src = Path(args.file)
+    system = CL.coding_system(args.system) if args.system is not None else None
+    if not src.exists(): raise InputError(f"code list {str(src)!r} does not exist")
+    if src.is_dir():
+        files = [p.name for p in src.iterdir() if p.is_file() and p.suffix.lower() in CL._LIST_FILES and p.name not in CL._OPENSAFELY_FILES]
+        return CL.read_codelists(src, {f: system for f in files} if system else None, code_column=args.code_column)
+    if src.suffix.lower() == ".json" or (src.suffix.lower() == ".csv" and CL._looks_hdruk(src)):
+        lists = CL.read_hdruk(src)
+        return {cl.name: cl for cl in lists}
+    if system is None:
+        system, why = CL.guess_system(src, code_column=args.code_column)
+        if system is None:
+            raise InputError(f"cannot tell the coding system of {str(src)!r} ({why}): pass --system, one of {sorted(CL.SYSTEMS)} "
+                             "(spelled as OpenCodelists, HDR UK or OMOP spell them)")
+    if src.suffix.lower() in (".txt", ""):
+        if args.code_column: raise InputError(f"--code-column applies to CSV files; {str(src)!r} is a plain list (one code per line)")
+        return {src.stem: CL.read_plain(src, system)}
+    return {src.stem: CL.read_opencodelists(src, system, code_column=args.code_column)}
+
+def _codelist(args) -> int:
+    import warnings
+    import pandas as pd
+    from healthbench.codelists import mapping_report, report_summary
+    from healthbench.errors import EmptyConceptSetWarning, MissingTableWarning
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        if os.path.lexists(out): raise InputError(f"--out {str(out)!r} already exists; choose another name (nothing is overwritten)")
+        _writable_folder(out.parent, out, create=False)
+    if args.ctv3_map is not None and not Path(args.ctv3_map).is_file():
+        raise InputError(f"--ctv3-map {args.ctv3_map!r} {'is not a file' if Path(args.ctv3_map).exists() else 'does not exist'}")
+    lists = _codelists_of(args)
+    ctv3 = [name for name, cl in lists.items() if cl.system == "CTV3"]
+    if ctv3 and args.ctv3_map is None:
+        raise InputError(f"{ctv3} {'is' if len(ctv3) == 1 else 'are'} in CTV3, which OMOP has no vocabulary for: pass --ctv3-map FILE, "
+                         "a CTV3 -> SNOMED CT map (a CSV with a CTV3 code column and a SNOMED code column, e.g. from NHS TRUD's cross-maps)")
+    reports = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cdm = connect(args.cdm)
+    notes = [w for w in caught if issubclass(w.category, (EmptyConceptSetWarning, MissingTableWarning))]
+    with cdm:
+        print(f"{len(lists)} code list{'s' * (len(lists) != 1)} from {args.file}, mapped on {args.cdm}")
+        for w in notes: print(f"note: {w.message}")
+        for name, cl in lists.items():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                report = mapping_report(cdm, cl, ctv3_map=args.ctv3_map)
+            print(f"\n== {name} ({cl.system}, {len(cl.codes)} codes" + (f", {len(cl.exclude)} excluded" if cl.exclude else "") + ") ==")
+            for measure, value in report_summary(report).itertuples(index=False): print(f"  {measure + ':':<29}{value}")
+            print()
+            print(report[_REPORT_SHOWN].to_string(index=False))
+            for w in caught:
+                if issubclass(w.category, EmptyConceptSetWarning): print(f"warning: {w.message}")
+            reports.append(report.assign(standard_concept_ids=report.standard_concept_ids.map(lambda ids: " ".join(map(str, ids))))
+                                 .assign(code_list=name, coding_system=cl.system))
+    print("\nThe counts are of people in this CDM and have not been through disclosure control: check them before they leave a TRE.")
+    if out is not None:
+        table = pd.concat(reports, ignore_index=True)
+        table = table[["code_list", "coding_system"] + [c for c in table.columns if c not in ("code_list", "coding_system")]]
+        try:
+            with open(out, "x", newline="", encoding="utf-8") as f: table.to_csv(f, index=False)
+        except FileExistsError: raise InputError(f"--out {str(out)!r} appeared while the report was made; it was not overwritten") from None
+        except OSError as e: raise InputError(f"cannot write --out {str(out)!r} ({e.strerror})") from None
+        print(f"wrote {out} ({len(table)} rows: one per code and list)")
+    return 0
+

@@ -133,3 +133,97 @@ def test_bad_input_is_one_named_line(bad_files, argv, message):
 def test_version():
     r = subprocess.run([EXE, "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("healthbench ")
+
+
+# ---- healthbench codelist: a code list file or folder mapped on a real DuckDB CDM ----
+GIBLEED = Path(os.environ.get("HB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "omop" / "gibleed_5.3"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "codelists"
+
+
+def _summary(stdout: str, measure: str) -> list[str]:
+    "The values of one summary line (`  persons mapped:   479`) for each list printed, in order."
+    return [l.split(":", 1)[1].strip() for l in stdout.splitlines() if l.startswith(f"  {measure}:")]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from healthbench.synth import generate
+    path = tmp_path_factory.mktemp("synthetic") / "cdm.duckdb"
+    generate(1500, seed=3, path=path, progress=False)
+    return path
+
+
+def test_codelist_synthetic(synthetic, tmp_path):
+    "A SNOMED list's persons are the persons with a condition of its (standard) concepts, counted with plain SQL."
+    (tmp_path / "t2dm.csv").write_text("code,term\n44054006,Type 2 diabetes\n22298006,Myocardial infarction\n")
+    with duckdb.connect(str(synthetic), read_only=True) as con:
+        (truth,), = con.execute("SELECT count(DISTINCT person_id) FROM condition_occurrence WHERE condition_concept_id IN (201826, 4329847)").fetchall()
+    assert truth > 0
+    r = run("codelist", "t2dm.csv", "--cdm", str(synthetic), "--system", "snomedct", "--out", "report.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert _summary(r.stdout, "persons mapped") == [str(truth)] and _summary(r.stdout, "mapped") == ["2"]
+    assert "== t2dm (SNOMED, 2 codes) ==" in r.stdout and "disclosure control" in r.stdout
+    report = (tmp_path / "report.csv").read_text()
+    assert report.splitlines()[0].startswith("code_list,coding_system,code,") and report.count("\n") == 3
+    # --out is never overwritten; a list whose system cannot be told asks for --system
+    r = run("codelist", "t2dm.csv", "--cdm", str(synthetic), "--system", "snomedct", "--out", "report.csv", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr == "healthbench codelist: error: --out 'report.csv' already exists; choose another name (nothing is overwritten)\n"
+    assert (tmp_path / "report.csv").read_text() == report
+    r = run("codelist", "t2dm.csv", "--cdm", str(synthetic), cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "numeric ids that could be SNOMED CT or dm+d): pass --system" in r.stderr
+
+
+CODELIST_BAD_INPUT = [
+    (["codelist", "nosuch.csv", "--cdm", "{cdm}"], "code list 'nosuch.csv' does not exist"),
+    (["codelist", "lists", "--cdm", "{cdm}"], "cannot tell the coding system of 1 file"),
+    (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "klingon"], "unknown coding system 'klingon'"),
+    (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "icd10", "--code-column", "x"], "--code-column applies to CSV files"),
+    (["codelist", "mi.txt", "--cdm", "nosuch.duckdb", "--system", "icd10"], "nosuch.duckdb"),
+    (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "ctv3"], "in CTV3, which OMOP has no vocabulary for: pass --ctv3-map FILE"),
+    (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "ctv3", "--ctv3-map", "nosuch.csv"], "--ctv3-map 'nosuch.csv' does not exist"),
+    (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "icd10", "--out", "file.txt/r.csv"], "'file.txt' is a file, not a folder"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CODELIST_BAD_INPUT, ids=[" ".join(a)[:60] for a, _ in CODELIST_BAD_INPUT])
+def test_codelist_bad_input(synthetic, tmp_path, argv, message):
+    (tmp_path / "mi.txt").write_text("I21.0\n")
+    (tmp_path / "file.txt").write_text("a file")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "asthma.csv").write_text("code\nH33..\n")
+    r = run(*[a.replace("{cdm}", str(synthetic)) for a in argv], cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert r.stderr.startswith("healthbench codelist: error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert message in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def gibleed(tmp_path_factory):
+    "GiBleed as published: each Parquet file a DuckDB table, as tests/test_codelists_gibleed.py reads it."
+    if not GIBLEED.is_dir(): pytest.fail(f"real test data missing: {GIBLEED} (the project's ../shared/data/, or set HB_SHARED_DATA)")
+    out = tmp_path_factory.mktemp("gibleed") / "gibleed.duckdb"
+    with duckdb.connect(str(out)) as con:
+        con.execute("SET threads = 1")
+        for p in sorted(GIBLEED.glob("*.parquet")): con.execute(f"CREATE TABLE {p.stem} AS SELECT * FROM '{p}'")
+    return out
+
+
+def test_codelist_gibleed_folder(gibleed, tmp_path):
+    "An OpenSAFELY-style folder on GiBleed: K92.2 reaches its 479 GI-bleed persons, mapped and as recorded."
+    folder = tmp_path / "codelists"
+    folder.mkdir()
+    (folder / "codelists.txt").write_text("opensafely/gi-bleed/2020-04-15\n")
+    (folder / "opensafely-gi-bleed.csv").write_bytes((FIXTURES / "gi_bleed_icd10_new.csv").read_bytes())   # code,term: K922, K25, I850
+    (folder / "gi-bleed-dotted.txt").write_text("K92.2\nI85.0\n")                                          # guessed ICD-10 (chapter I)
+    r = run("codelist", "codelists", "--cdm", str(gibleed), "--out", "report.csv", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout   # opensafely-gi-bleed.csv: undotted K922, K25 name no system
+    assert "opensafely-gi-bleed.csv" in r.stderr and "--system" in r.stderr and not (tmp_path / "report.csv").exists()
+    r = run("codelist", "codelists", "--cdm", str(gibleed), "--system", "icd10", "--out", "report.csv", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n== ") == 2
+    assert _summary(r.stdout, "persons mapped") == ["479", "479"] and _summary(r.stdout, "persons as recorded") == ["479", "479"]
+    assert _summary(r.stdout, "unmapped") == ["I85.0", "K25, I850"]
+    rows = (tmp_path / "report.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 and any(l.startswith("opensafely-gi-bleed,ICD10,K922,") for l in rows)
+    r = run("codelist", str(FIXTURES / "gi_bleed_read_old.csv"), "--cdm", str(gibleed), cwd=tmp_path)   # 'Read code' column: Read v2
+    assert r.returncode == 0 and "(Read, 3 codes)" in r.stdout, r.stderr
