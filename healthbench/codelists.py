@@ -20,7 +20,7 @@ from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
 __all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'coding_system',
            'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning',
            'code_key', 'read_ctv3_map', 'CodeMapping', 'map_codes', 'codelist_events', 'mapping_report',
-           'report_summary', 'guess_system', 'read_codelists']
+           'report_summary', 'guess_system', 'read_codelists', 'codelist_concept_set']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
@@ -706,4 +706,14 @@ def read_codelists(folder, systems: dict | None = None, *, code_column: str | No
     return out
 
 def _manifest_name(line: str) -> str: return "-".join(line.split("/")[:-1]) + ".csv"
+
+
+# %% ../nbs/04a_codelists.ipynb #93539404
+def codelist_concept_set(codelist: CodeList, name: str | None = None, *, strategy: str = "mapped") -> ConceptSet:
+    """A concept set that holds `codelist` itself (its system, codes and excluded codes), for cohorts and features: stored
+    in the cohort JSON as codes, so the definition stays portable, and mapped to the standard concepts of the CDM it is
+    generated on (`map_codes`, without descendants). `strategy` is 'mapped'; events as recorded are `codelist_events`'s."""
+    if not isinstance(codelist, CodeList): raise InputError(f"codelist_concept_set needs a CodeList (see read_codelist); got {type(codelist).__name__}")
+    return ConceptSet(name or codelist.name, codelist={"system": codelist.system, "codes": list(codelist.codes),
+                                                       "exclude": list(codelist.exclude), "strategy": strategy})
 

@@ -287,7 +287,7 @@ def _from_dict(d: dict) -> Cohort:
     sets = []
     for i, cs in enumerate(r.list_(d["concept_sets"], "concept_sets")):
         path = f"concept_sets[{i}]"
-        r.obj(cs, path, required=("name",), optional=("include", "codes", "descendants", "exclude", "on_unknown"))
+        r.obj(cs, path, required=("name",), optional=("include", "codes", "descendants", "exclude", "on_unknown", "codelist"))
         try: sets.append(ConceptSet(**cs))
         except (InputError, TypeError, ValueError) as e: r.fail(path, str(e))
     names = [s.name for s in sets]

@@ -62,7 +62,9 @@ class ConceptSetItem:
 @dataclass
 class ConceptSet:
     """A named set of OMOP concepts: ids and/or vocabulary codes, optionally with descendants, minus exclusions; or, as
-    Circe writes it, a list of `items` each with its own flags (then `circe_id` is the id Circe's criteria refer to)."""
+    Circe writes it, a list of `items` each with its own flags (then `circe_id` is the id Circe's criteria refer to); or a
+    UK code list (`codelist`: its coding system, codes, excluded codes and strategy), kept as codes so the definition
+    stays portable and mapped to this CDM's standard concepts (`codelists.map_codes`, no descendants) when resolved."""
     name: str
     include: list[int] = field(default_factory=list)
     codes: dict[str, list[str]] = field(default_factory=dict)   # vocabulary_id -> concept codes
@@ -71,6 +73,7 @@ class ConceptSet:
     on_unknown: str = "error"
     items: list[ConceptSetItem] = field(default_factory=list)  # Circe's items; when given, include/exclude/codes are empty
     circe_id: int | None = None                                 # the concept set's id in a Circe expression (its CodesetId)
+    codelist: dict | None = None                                # {"system", "codes", "exclude", "strategy"}: see _codelist_spec
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
@@ -110,11 +113,18 @@ class ConceptSet:
             bad("descendants=False applies to include/exclude; Circe items carry their own include_descendants")
         self.include, self.exclude = sorted(set(self.include)), sorted(set(self.exclude))
         self.codes = {v: sorted({str(c) for c in cs}) for v, cs in self.codes.items()}
-        if not self.include and not any(self.codes.values()) and not items and self.circe_id is None:
+        if self.codelist is not None:
+            if self.include or self.exclude or any(self.codes.values()) or items:
+                bad("a code list concept set holds only its code list (codelist=); put other concepts in another concept set")
+            self.codelist, self.descendants = _codelist_spec(self.name, self.codelist), False   # the list says which codes count
+        if not self.include and not any(self.codes.values()) and not items and self.circe_id is None and self.codelist is None:
             raise ConceptError(f"concept set {self.name!r} has no concepts: give concept ids or codes")
 
     def circe_items(self) -> list[ConceptSetItem]:
         "The set as Circe items: its own items, or one per included and excluded id with the set's descendants flag."
+        if self.codelist is not None:
+            raise InputError(f"concept set {self.name!r} holds a {self.codelist['system']} code list, which a Circe concept set "
+                             "cannot: Circe items are concept ids (map it first: codelists.map_codes(cdm, ...).concept_set())")
         if any(self.codes.values()):
             raise InputError(f"concept set {self.name!r} holds vocabulary codes, which a Circe concept set cannot: Circe "
                              "items are concept ids (resolve the codes to ids first)")
@@ -128,7 +138,34 @@ class ConceptSet:
              "descendants": self.descendants, "exclude": list(self.exclude), "on_unknown": self.on_unknown}
         if self.items: d["items"] = [it.to_dict() for it in self.items]
         if self.circe_id is not None: d["circe_id"] = self.circe_id
+        if self.codelist is not None: d["codelist"] = {k: (list(v) if isinstance(v, list) else v) for k, v in self.codelist.items()}
         return d
+
+_CODELIST_KEYS = ("system", "codes", "exclude", "strategy")
+
+def _codelist_spec(name: str, spec) -> dict:
+    """A concept set's code list, checked and in its stored form: `system` (healthbench's name for it), `codes` and
+    `exclude` (text codes, file order), `strategy` 'mapped'. 'as_recorded' selects events by their source codes, which no
+    set of standard concepts can stand for: it is `codelists.codelist_events`'s, not a concept set's."""
+    from healthbench.codelists import CodeList, STRATEGIES
+    def bad(msg): raise InputError(f"concept set {name!r}: codelist {msg}")
+    if not isinstance(spec, dict): bad(f"must be a dict with {list(_CODELIST_KEYS)}; got {_show(spec)}")
+    unknown = sorted(set(spec) - set(_CODELIST_KEYS), key=str)
+    if unknown: bad(f"has unknown keys {unknown}; it holds {list(_CODELIST_KEYS)}")
+    missing = [k for k in ("system", "codes") if k not in spec]
+    if missing: bad(f"needs {missing}, e.g. {{'system': 'ICD10', 'codes': ['K92.2']}}")
+    strategy = spec.get("strategy", "mapped")
+    if strategy not in STRATEGIES: bad(f"strategy must be one of {list(STRATEGIES)}; got {_show(strategy)}")
+    if strategy == "as_recorded":
+        bad("strategy 'as_recorded' matches events by their source codes, which a concept set (standard concepts) cannot "
+            "hold: use strategy 'mapped' in cohorts and features, or codelists.codelist_events(cdm, map_codes(cdm, codelist), "
+            "'as_recorded') for the events as recorded")
+    try: cl = CodeList(name, spec["system"], spec["codes"], spec.get("exclude", []))
+    except HealthbenchError as e: bad(str(e).replace(f"code list {name!r}: ", ""))
+    if cl.system == "CTV3":
+        bad("is in CTV3, which OMOP has no vocabulary for, so it cannot be resolved from its codes alone: map it with "
+            "codelists.map_codes(cdm, codelist, ctv3_map=...) and keep the SNOMED codes (system 'SNOMED') instead")
+    return {"system": cl.system, "codes": cl.codes, "exclude": cl.exclude, "strategy": strategy}
 
 def concept_set(name: str, *ids: int, descendants: bool = True, exclude=(), on_unknown: str = "error") -> ConceptSet:
     "A concept set from OMOP concept ids (with their descendants unless `descendants=False`)."
@@ -240,6 +277,7 @@ def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
         return (set(ids) & in_concept) | ({d for i in ids for d in desc.get(i, ())} if descendants else set())
     out = []
     for cs in sets:
+        if cs.codelist is not None: out.append(_resolve_codelist(cdm, cs)); continue
         if cs.items or not (cs.include or any(cs.codes.values())):   # Circe items, or an empty Circe set
             out.append(_resolve_items(cs, known, in_concept, desc, mapped, anc is None)); continue
         ids = (set(cs.include) & known) | {by_code[v][c] for v, codes in cs.codes.items() for c in codes if c in by_code[v]}
@@ -264,6 +302,12 @@ def resolve_many(cdm, sets: list[ConceptSet]) -> list[list[int]]:
         out.append(sorted(got))
     return out
 
+
+def _resolve_codelist(cdm, cs: ConceptSet) -> list[int]:
+    "A code list concept set: the standard concepts its codes map to here (`codelists.map_codes`; it warns when there are none)."
+    from healthbench.codelists import CodeList, map_codes
+    spec = cs.codelist
+    return list(map_codes(cdm, CodeList(cs.name, spec["system"], spec["codes"], spec["exclude"])).standard_concept_ids)
 
 def _resolve_items(cs: ConceptSet, known: set, in_concept: set, desc: dict, mapped: dict, no_ancestor: bool) -> list[int]:
     "A set of Circe items resolved as Circe does: the included items' codeset minus the excluded items' codeset."

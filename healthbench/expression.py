@@ -663,7 +663,10 @@ def expression_json_schema() -> dict:
                        "codes": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": ["string", "integer"]}}},
                        "descendants": {"type": "boolean"}, "exclude": {"type": "array", "items": concept_id},
                        "on_unknown": {"enum": ["error", "warn"]}, "items": {"type": "array", "items": cs_item},
-                       "circe_id": codeset_id}, ("name", "circe_id"))
+                       "circe_id": codeset_id,
+                       "codelist": obj({"system": {"type": "string", "minLength": 1}, "codes": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                                        "exclude": {"type": "array", "items": {"type": "string"}}, "strategy": {"enum": ["mapped"]}},
+                                       ("system", "codes"))}, ("name", "circe_id"))
     demographic = obj({"age": ref("numeric_range"), "gender": attr_schema["concepts"], "race": attr_schema["concepts"],
                        "ethnicity": attr_schema["concepts"], "occurrence_start_date": ref("date_range"),
                        "occurrence_end_date": ref("date_range"), "gender_cs": ref("concept_set_selection"),
