@@ -20,7 +20,7 @@ from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
 __all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'coding_system',
            'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning',
            'code_key', 'read_ctv3_map', 'CodeMapping', 'map_codes', 'codelist_events', 'mapping_report',
-           'report_summary', 'guess_system', 'read_codelists', 'codelist_concept_set']
+           'report_summary', 'guess_system', 'read_codelists', 'codelist_concept_set', 'mapping_provenance']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
@@ -716,4 +716,21 @@ def codelist_concept_set(codelist: CodeList, name: str | None = None, *, strateg
     if not isinstance(codelist, CodeList): raise InputError(f"codelist_concept_set needs a CodeList (see read_codelist); got {type(codelist).__name__}")
     return ConceptSet(name or codelist.name, codelist={"system": codelist.system, "codes": list(codelist.codes),
                                                        "exclude": list(codelist.exclude), "strategy": strategy})
+
+
+# %% ../nbs/04a_codelists.ipynb #7cbbd48f
+def mapping_provenance(cdm, concept_set: ConceptSet) -> dict:
+    """What a code-list concept set's codes reached on `cdm`, for a run's provenance (kept in the run folder, not
+    released): the mapping report's summary without its counts of events and people (those leave a TRE only through
+    disclosure control), and each code's status and standard concepts."""
+    spec = getattr(concept_set, "codelist", None)
+    if spec is None: raise InputError(f"mapping_provenance needs a concept set holding a code list; {getattr(concept_set, 'name', concept_set)!r} holds none")
+    cl = CodeList(concept_set.name, spec["system"], spec["codes"], spec["exclude"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyCodeListWarning)   # the template's own checks have said it, before the kernel
+        report = mapping_report(cdm, map_codes(cdm, cl), warn=False)
+    summary = {k: v for k, v in report.attrs["summary"].items() if not k.startswith(("events ", "persons "))}
+    return {"strategy": spec["strategy"], "summary": summary,
+            "codes": [dict(code=r.code, excluded=bool(r.excluded), status=r.status, standard_concept_ids=[int(i) for i in r.standard_concept_ids])
+                      for r in report.itertuples()]}
 

@@ -443,13 +443,40 @@ def covariates_from_json(spec) -> list[Covariate]:
 _SHORT = re.compile(r"^\s*([a-z_]+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*$")
 _OUTCOME_FORMS = ("a concept set: DOMAIN:ID[,ID...] (with descendants, e.g. condition:192671), or JSON "
                   '{"name": ..., "domain": ..., "concept_ids": [...], "descendants": true}; a healthbench cohort JSON (its entry '
-                  'events; text or a .json file); or an OpenSAFELY codelist CSV file (SNOMED codes, column "code"), or JSON '
-                  '{"codelist": FILE, "vocabulary": ..., "code_column": ..., "domain": ...}')
+                  'events; text or a .json file); or a code list file in any coding system, SYSTEM:FILE (e.g. icd10:gi_bleed.csv, '
+                  'read2:asthma.txt), or FILE alone where a column name or the codes tell the system (an OpenSAFELY SNOMED CSV with '
+                  'a "code" column otherwise), mapped to standard concepts; or JSON {"codelist": FILE, "system": ..., "code_column": ..., '
+                  '"domain": ...}')
+_SYSTEM_FILE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9+ _-]+)\s*:\s*(.+\.(?:csv|txt|json))\s*$", re.IGNORECASE)
+_SYSTEM_DOMAIN = {"OPCS4": "procedure", "dm+d": "drug", "BNF": "drug"}   # where a list's events usually are
+
+def _mapped_codelist_outcome(path: str, system, time_at_risk, *, domain=None, name=None, code_column=None):
+    """A code list file as the outcome, mapped (`codelists.codelist_concept_set`): `system` given, or guessed from the file;
+    `None` when a CSV's system cannot be told (the caller reads it as an OpenSAFELY SNOMED list, as before)."""
+    from healthbench.codelists import coding_system, guess_system, read_codelist, codelist_concept_set, SYSTEMS
+    p = Path(path)
+    if not p.is_file(): raise InputError(f"outcome: code list file {path!r} {'is not a file' if p.exists() else 'does not exist'}")
+    if system is None and p.suffix.lower() != ".json":
+        system, why = guess_system(p, code_column=code_column)
+        if system is None:
+            if p.suffix.lower() == ".csv": return None
+            raise InputError(f"outcome {path!r}: cannot tell its coding system ({why}); write it as SYSTEM:FILE, e.g. "
+                             f"icd10:{path} (systems: {sorted(SYSTEMS)})")
+    cl = read_codelist(p, coding_system(system) if system is not None else None, **({"code_column": code_column} if code_column else {}))
+    domain = domain or _SYSTEM_DOMAIN.get(cl.system, "condition")
+    if domain not in EVENT_TABLES: raise InputError(f"outcome.domain must be one of {list(EVENT_TABLES)}; got {domain!r}")
+    return Outcome(codelist_concept_set(cl, name), domain, time_at_risk)
 
 def _codelist_outcome(d: dict, time_at_risk) -> Outcome:
-    allowed = {"codelist", "name", "vocabulary", "code_column", "category_column", "category", "descendants", "domain"}
+    allowed = {"codelist", "name", "vocabulary", "code_column", "category_column", "category", "descendants", "domain", "system"}
     unknown = sorted(set(d) - allowed)
     if unknown: raise InputError(f"outcome: unknown key(s) {unknown} for a codelist; valid keys: {sorted(allowed)}")
+    if "system" in d:   # a code list in any coding system, mapped to standard concepts
+        extra = sorted(set(d) & {"vocabulary", "category_column", "category", "descendants"})
+        if extra: raise InputError(f"outcome: {extra} apply to an OpenSAFELY SNOMED codelist read as concepts, not to a mapped code list (system)")
+        if not isinstance(d["codelist"], str): raise InputError(f"outcome.codelist must be a file path; got {d['codelist']!r}")
+        return _mapped_codelist_outcome(d["codelist"], d["system"], time_at_risk, domain=d.get("domain"), name=d.get("name"),
+                                        code_column=d.get("code_column"))
     domain = d.get("domain", "condition")
     if domain not in EVENT_TABLES: raise InputError(f"outcome.domain must be one of {list(EVENT_TABLES)}; got {domain!r}")
     kw = {k: d[k] for k in ("name", "vocabulary", "code_column", "category_column", "category", "descendants") if k in d}
@@ -471,7 +498,7 @@ def _cohort_outcome(text: str, time_at_risk) -> Outcome:
                       UserWarning, stacklevel=3)
     cs = cohort.concept_set(cohort.entry.concept_set)
     cs = ConceptSet(cohort.name, include=cs.include, codes=cs.codes, descendants=cs.descendants, exclude=cs.exclude,
-                    on_unknown=cs.on_unknown)
+                    on_unknown=cs.on_unknown, codelist=cs.codelist)
     return Outcome(cs, cohort.entry.domain, time_at_risk)
 
 def parse_outcome(spec, time_at_risk=(1, 3650)) -> Outcome:
@@ -485,9 +512,14 @@ def parse_outcome(spec, time_at_risk=(1, 3650)) -> Outcome:
         if domain not in EVENT_TABLES: raise InputError(f"outcome {text!r}: unknown domain {domain!r}; use one of {list(EVENT_TABLES)}")
         try: return Outcome(ConceptSet(f"{domain} {m.group(2).replace(' ', '')}", include=ids), domain, time_at_risk)
         except ConceptError as e: raise InputError(f"outcome {text!r}: {e}") from None
+    m = _SYSTEM_FILE.match(text)
+    if m and not text.startswith("{") and len(m.group(1).strip()) > 1:   # (a one-letter prefix is a Windows drive)
+        return _mapped_codelist_outcome(m.group(2).strip(), m.group(1).strip(), time_at_risk)
     if not text.startswith("{"):
         p = Path(text)
-        if p.suffix.lower() == ".csv": return _codelist_outcome({"codelist": text}, time_at_risk)
+        if p.suffix.lower() == ".txt": return _mapped_codelist_outcome(text, None, time_at_risk)
+        if p.suffix.lower() == ".csv":
+            return (_mapped_codelist_outcome(text, None, time_at_risk) if p.is_file() else None) or _codelist_outcome({"codelist": text}, time_at_risk)
         if p.suffix.lower() == ".json" and p.is_file(): text = p.read_text(encoding="utf-8-sig").strip()
         elif p.suffix.lower() == ".json": raise InputError(f"outcome: file {text!r} does not exist")
         else: raise InputError(f"outcome {text!r} is none of {_OUTCOME_FORMS}")

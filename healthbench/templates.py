@@ -490,6 +490,14 @@ def _record(run_dir: Path, manifest: dict, state: _Execution, t0: float):
                            if p.is_file() and p.name not in ("manifest.json", CLAIM_FILE)}
     _write_manifest(run_dir, manifest)
 
+def _absolute_codelist(outcome: str) -> str:
+    "An outcome `SYSTEM:FILE` with a relative FILE that exists here, as `SYSTEM:/absolute/FILE` (the kernel runs elsewhere)."
+    from healthbench.features import _SYSTEM_FILE
+    m = _SYSTEM_FILE.match(outcome)
+    if not m or len(m.group(1).strip()) < 2 or outcome.lstrip().startswith("{"): return outcome
+    f = Path(m.group(2).strip())
+    return f"{m.group(1).strip()}:{f.resolve()}" if not f.is_absolute() and f.exists() else outcome
+
 def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None = None, *, timeout: int = 1200,
         start_timeout: int = 60, progress: bool = True) -> RunResult:
     """Run template `name` with `params` into the run folder `out_dir` (new or empty; claimed atomically); raises
@@ -504,6 +512,7 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
         if (k.endswith(("_run", "_path")) or k in ("cohort_json", "rules", "outcome")) and isinstance(v, str) and v \
                 and _is_path_text(v) and not Path(v).is_absolute() and Path(v).exists():
             full[k] = str(Path(v).resolve())
+    if isinstance(full.get("outcome"), str): full["outcome"] = _absolute_codelist(full["outcome"])
     bundled = path.resolve().parent == TEMPLATE_DIR.resolve()
     manifest = dict(template=path.stem, template_file=None if bundled else str(path.resolve()),
                     template_sha256=_sha256(path), parameters=full, versions=versions(),
@@ -834,6 +843,9 @@ def record_provenance(out_dir: str | Path, cdm=None, cohort=None, seed: int | No
         prov["cohort_sha256"] = hashlib.sha256(text.encode()).hexdigest()
         prov["cohort"] = json.loads(text)
     if outcome is not None: prov["outcome"] = outcome.to_dict()
+    if outcome is not None and cdm is not None and outcome.concept_set.codelist is not None:   # what its codes reached here
+        from healthbench.codelists import mapping_provenance
+        prov["outcome_codelist_mapping"] = mapping_provenance(cdm, outcome.concept_set)
     if covariates is not None:      # which concepts, never how many people have them
         prov["covariates"] = dict(source=covariates.source, names=covariates.names, notes=list(covariates.notes),
                                   concepts=covariates.concepts[["name", "domain", "concept_id", "concept_name"]].to_dict("records"))

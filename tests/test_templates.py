@@ -377,3 +377,31 @@ def test_gibleed_templates_run_pass_disclosure_control_and_verify(name, gibleed_
     assert {"characterise": {"attrition", "table1", "incidence_overall", "incidence_ethnicity"}, "predict": {"metrics", "split"},
             "survival": {"cox_hazard_ratios", "km_sex"}, "explain": {"importance"}, "fairness": {"subgroup_report"}}[name] <= released
     assert v.returncode == 0 and "all result tables identical" in v.stdout, v.stdout + v.stderr
+
+
+def test_gibleed_icd10_codelist_outcome_checked_before_a_kernel(gibleed_inputs, tmp_path, monkeypatch):
+    "outcome as an ICD-10 code list (SYSTEM:FILE, or guessed): mapped on the CDM and checked before any kernel starts."
+    from healthbench.cdm import connect
+    from healthbench.features import parse_outcome
+    from healthbench.templates import record_provenance
+    g = gibleed_inputs
+    (tmp_path / "gi_bleed.csv").write_text("code,term\nK92.2,Gastrointestinal haemorrhage\n")
+    (tmp_path / "ulcer.csv").write_text("icd10_code,term\nK25.0,Gastric ulcer\n")      # a column names the system; not in GiBleed
+    full = validate("survival", {"cdm_path": g["cdm"], "cohort_json": g["cohort"], "outcome": f"icd10:{tmp_path / 'gi_bleed.csv'}"})
+    assert full["outcome"] == f"icd10:{tmp_path / 'gi_bleed.csv'}"
+    with pytest.raises(ConceptError, match=r"parameter 'outcome': code list 'ulcer' \(ICD10\): none of its 1 codes is a ICD10 or ICD10CM concept"):
+        run("survival", {"cdm_path": g["cdm"], "cohort_json": g["cohort"], "outcome": str(tmp_path / "ulcer.csv")}, tmp_path / "run")
+    with pytest.raises(InputError, match="outcome: code list file .*nosuch.csv' does not exist"):
+        run("survival", {"cdm_path": g["cdm"], "cohort_json": g["cohort"], "outcome": "icd10:nosuch.csv"}, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    outcome = parse_outcome(full["outcome"])
+    with connect(g["cdm"]) as cdm: prov = record_provenance(tmp_path, cdm=cdm, outcome=outcome)
+    m = prov["outcome_codelist_mapping"]
+    assert (m["strategy"], m["summary"]["mapped"], m["summary"]["standard concepts"]) == ("mapped", 1, 1)
+    assert m["codes"] == [{"code": "K92.2", "excluded": False, "status": "mapped", "standard_concept_ids": [GI_BLEEDING]}]
+    assert not any(k.startswith(("persons", "events")) for k in m["summary"])   # counts of people stay out of provenance
+    assert json.loads((tmp_path / "provenance.json").read_text())["outcome"]["concept_set"]["codelist"]["codes"] == ["K92.2"]
+    from healthbench.templates import _absolute_codelist          # the kernel runs in the run folder: a relative FILE is made absolute
+    monkeypatch.chdir(tmp_path)
+    assert _absolute_codelist("icd10:gi_bleed.csv") == f"icd10:{tmp_path / 'gi_bleed.csv'}"
+    assert _absolute_codelist("condition:192671") == "condition:192671" and _absolute_codelist("icd10:nosuch.csv") == "icd10:nosuch.csv"
