@@ -26,8 +26,8 @@ from .expression import CohortExpression, validate_expression, expression_to_dic
 from .atlas import from_atlas, read_expression, to_atlas, write_expression
 
 # %% auto #0
-__all__ = ['ConceptSetPicker', 'expression_rows', 'CohortBuilder', 'cohort_code', 'TemplateRunner', 'healthbench_magic',
-           'load_ipython_extension']
+__all__ = ['CODELIST_SYSTEMS', 'ConceptSetPicker', 'expression_rows', 'CohortBuilder', 'cohort_code', 'TemplateRunner',
+           'healthbench_magic', 'load_ipython_extension']
 
 # %% ../nbs/10_widgets.ipynb #036daa99
 _OMOP_DOMAIN = {"condition": "Condition", "drug": "Drug", "measurement": "Measurement", "observation": "Observation",
@@ -210,6 +210,16 @@ def _flow_html(att: pd.DataFrame, rules: Rules) -> str:
                      f"{display_count(r.persons, rules)} persons, {display_count(r.records, rules)} records</div>")
     return "<div class='hb-flow'>" + "<br>".join(boxes) + "</div>"
 
+CODELIST_SYSTEMS = ("(from the file)", "SNOMED", "ICD10", "ICD10CM", "Read", "OPCS4", "dm+d")   # CTV3 and BNF: map to SNOMED/dm+d first
+_COUNTED = ("events mapped", "persons mapped", "events as recorded", "persons as recorded")
+
+def _codelist_summary_html(summary: pd.DataFrame, warnings_said: list[str], rules) -> str:
+    "A code list's mapping summary as a small table; counts of people and events shown as `display_count` shows them."
+    rows = "".join(f"<tr><td>{html.escape(str(m))}</td><td>{display_count(int(v), rules) if m in _COUNTED else html.escape(str(v))}</td></tr>"
+                   for m, v in summary.itertuples(index=False))
+    notes = "".join(f"<div style='color:#b00020'>{html.escape(w)}</div>" for w in warnings_said)
+    return f"<table class='hb-codelist-summary'>{rows}</table>{notes}"
+
 class CohortBuilder(W.VBox):
     "Point-and-click editor of a `Cohort` with live attrition; `builder.cohort` is the definition it holds."
     def __init__(self, cdm, cohort: Cohort | None = None, *, rules: Rules | None = None, debounce: float = 0.25):
@@ -247,6 +257,11 @@ class CohortBuilder(W.VBox):
         self.picker = ConceptSetPicker(self.cdm, rules=self.rules)
         self.add_set = W.Button(description="add ticked concepts as a concept set", icon="plus", layout=L("24em"))
         self.sets_html = W.HTML()
+        self.codelist_path = W.Text(description="code list", placeholder="a code list file: .csv, .txt or HDR UK .json", layout=L("30em"))
+        self.codelist_system = W.Dropdown(options=list(CODELIST_SYSTEMS), value="(from the file)", description="system", layout=L("16em"))
+        self.add_codelist_button = W.Button(description="add code list as a concept set", icon="plus", layout=L("20em"))
+        self.codelist_report = W.HTML()
+        self.codelist_summary = None                # the last added list's mapping summary (codelists.report_summary)
         self.status, self.count, self.flow, self.imported = W.HTML(), W.HTML(), W.HTML(), W.HTML()
         self.status.add_class("hb-status"); self.count.add_class("hb-count"); self.flow.add_class("hb-flow-box")
         self.json = W.Textarea(disabled=True, rows=8, layout=L("100%"))
@@ -266,6 +281,7 @@ class CohortBuilder(W.VBox):
             w.observe(lambda _: self._edit(self._set_exit), "value")
         self.add_rule.on_click(lambda _: self.add_inclusion_rule())
         self.add_set.on_click(lambda _: self._add_picked_set())
+        self.add_codelist_button.on_click(lambda _: self._add_codelist_file())
         self.save_button.on_click(lambda _: self.save(self.path.value))
         self.load_button.on_click(lambda _: self._load_file(self.path.value))
         self.code_button.on_click(lambda _: self._show_code())
@@ -275,7 +291,8 @@ class CohortBuilder(W.VBox):
             W.VBox([self.age, W.HBox([self.sex, self.imd]), self.ethnicity]),
             W.VBox([self.rules_box, self.add_rule]),
             W.VBox([self.exit_strategy, self.exit_days, W.HBox([self.exit_set, self.exit_domain])]),
-            W.VBox([self.sets_html, self.picker, self.add_set])])
+            W.VBox([self.sets_html, self.picker, self.add_set,
+                    W.HBox([self.codelist_path, self.codelist_system, self.add_codelist_button]), self.codelist_report])])
         for i, t in enumerate(["entry event", "demographics", "inclusion rules", "exit", "concept sets"]): sections.set_title(i, t)
         sections.selected_index = 1
         self.sections = sections
@@ -369,6 +386,36 @@ class CohortBuilder(W.VBox):
         try: self.add_concept_set(cs)
         except HealthbenchError as e: self._invalid(e)
 
+    def add_codelist(self, path, system: str | None = None) -> ConceptSet:
+        """Read the code list file `path` (its coding system `system`, else told by the file: `codelists.guess_system`), add
+        it as a code-list concept set (`codelists.codelist_concept_set`: mapped, its codes kept in the cohort JSON) and show
+        its mapping summary on this CDM."""
+        from healthbench.codelists import guess_system, read_codelist, codelist_concept_set, mapping_report, report_summary
+        from healthbench.codelists import EmptyCodeListWarning, _looks_hdruk
+        import warnings
+        if not isinstance(path, (str, Path)) or not str(path).strip(): raise InputError("give the path of a code list file")
+        p = Path(str(path).strip())
+        if not p.is_file(): raise InputError(f"code list file {str(p)!r} {'is not a file' if p.exists() else 'does not exist'}")
+        if system is None and p.suffix.lower() != ".json" and not _looks_hdruk(p):
+            system, why = guess_system(p)
+            if system is None: raise InputError(f"cannot tell the coding system of {p.name} ({why}): choose it under 'system'")
+        cl = read_codelist(p, system)
+        cs = codelist_concept_set(cl)
+        if cs.name in self._set_names(): raise InputError(f"the cohort already has a concept set called {cs.name!r}; rename the file or the other set")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EmptyCodeListWarning)
+            report = mapping_report(self.cdm, cl)
+        self.add_concept_set(cs)
+        self.codelist_summary = report_summary(report)
+        said = [str(w.message) for w in caught if issubclass(w.category, EmptyCodeListWarning)]
+        self.codelist_report.value = _codelist_summary_html(self.codelist_summary, said, self.rules)
+        return cs
+
+    def _add_codelist_file(self):
+        system = None if self.codelist_system.value == "(from the file)" else self.codelist_system.value
+        try: self.add_codelist(self.codelist_path.value, system)
+        except HealthbenchError as e: self._invalid(e)
+
     def _refresh_set_options(self):
         names = self._set_names()
         loading, self._loading = self._loading, True
@@ -379,6 +426,7 @@ class CohortBuilder(W.VBox):
                 dd.value = v if v in names else None
         finally: self._loading = loading
         self.sets_html.value = "<b>concept sets:</b> " + ", ".join(
+            f"{html.escape(cs.name)} ({cs.codelist['system']} code list, {len(cs.codelist['codes'])} codes, mapped)" if cs.codelist else
             f"{html.escape(cs.name)} ({len(cs.include)} ids{', with descendants' if cs.descendants else ''})"
             for cs in self._cohort.concept_sets)
 
