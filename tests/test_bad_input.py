@@ -551,7 +551,9 @@ def test_every_argument_replaced_by_bad_values_gives_only_healthbench_errors(tmp
         "search_concepts": (lambda **kw: search_concepts(**{"cdm": cdm, "text": "statin", **kw}),
                             ["text", "domain", "standard_only", "limit"]),
         "ConceptSet": (lambda **kw: ConceptSet(**{"name": "x", "include": [201826], **kw}),
-                       ["name", "include", "codes", "descendants", "exclude", "on_unknown"]),
+                       ["name", "include", "codes", "descendants", "exclude", "on_unknown", "codelist"]),
+        "ConceptSet.codelist": (lambda **kw: ConceptSet(name="x", codelist={"system": "ICD10", "codes": ["K92.2"], **kw}),
+                                ["system", "codes", "exclude", "strategy"]),
     }
     foreign = {}
     for fn, (call, args) in calls.items():
