@@ -405,3 +405,17 @@ def test_gibleed_icd10_codelist_outcome_checked_before_a_kernel(gibleed_inputs, 
     monkeypatch.chdir(tmp_path)
     assert _absolute_codelist("icd10:gi_bleed.csv") == f"icd10:{tmp_path / 'gi_bleed.csv'}"
     assert _absolute_codelist("condition:192671") == "condition:192671" and _absolute_codelist("icd10:nosuch.csv") == "icd10:nosuch.csv"
+
+
+def test_codelist_outcome_real_run(tmp_path, monkeypatch):
+    "A papermill run with a code list outcome (SYSTEM:FILE, FILE relative to here): provenance keeps what its codes reached."
+    monkeypatch.chdir(tmp_path)
+    Path("cvd.csv").write_text("code,term\n22298006,Myocardial infarction\n230690007,Cerebrovascular accident\n")
+    r = run("characterise", {"persons": 3000, "outcome": "snomedct:cvd.csv"}, tmp_path / "run", progress=False)
+    assert r.manifest["status"] == "succeeded" and r.manifest["parameters"]["outcome"] == f"snomedct:{tmp_path / 'cvd.csv'}"
+    prov = json.loads((r.run_dir / "provenance.json").read_text())
+    assert prov["outcome"]["concept_set"]["codelist"] == {"system": "SNOMED", "codes": ["22298006", "230690007"], "exclude": [],
+                                                          "strategy": "mapped"}
+    m = prov["outcome_codelist_mapping"]
+    assert (m["summary"]["mapped"], [c["standard_concept_ids"] for c in m["codes"]]) == (2, [[4329847], [381316]])
+    assert not list((r.run_dir / "release").glob("*codelist*"))    # the mapping stays in the run folder, unreleased
