@@ -491,8 +491,16 @@ def _record(run_dir: Path, manifest: dict, state: _Execution, t0: float):
     _write_manifest(run_dir, manifest)
 
 def _absolute_codelist(outcome: str) -> str:
-    "An outcome `SYSTEM:FILE` with a relative FILE that exists here, as `SYSTEM:/absolute/FILE` (the kernel runs elsewhere)."
+    """An outcome `SYSTEM:FILE`, or JSON `{"codelist": FILE, ...}`, with a relative FILE that exists here, with FILE made
+    absolute (the kernel runs in the run folder)."""
     from healthbench.features import _SYSTEM_FILE
+    if outcome.lstrip().startswith("{"):
+        try: d = json.loads(outcome)
+        except json.JSONDecodeError: return outcome       # validate() has accepted it; nothing to rewrite
+        f = d.get("codelist") if isinstance(d, dict) else None
+        if isinstance(f, str) and f and not Path(f).is_absolute() and Path(f).is_file():
+            return json.dumps({**d, "codelist": str(Path(f).resolve())})
+        return outcome
     m = _SYSTEM_FILE.match(outcome)
     if not m or len(m.group(1).strip()) < 2 or outcome.lstrip().startswith("{"): return outcome
     f = Path(m.group(2).strip())

@@ -405,6 +405,7 @@ def test_gibleed_icd10_codelist_outcome_checked_before_a_kernel(gibleed_inputs, 
     monkeypatch.chdir(tmp_path)
     assert _absolute_codelist("icd10:gi_bleed.csv") == f"icd10:{tmp_path / 'gi_bleed.csv'}"
     assert _absolute_codelist("condition:192671") == "condition:192671" and _absolute_codelist("icd10:nosuch.csv") == "icd10:nosuch.csv"
+    assert json.loads(_absolute_codelist('{"codelist": "gi_bleed.csv", "system": "icd10"}')) == {"codelist": str(tmp_path / "gi_bleed.csv"), "system": "icd10"}
 
 
 def test_codelist_outcome_real_run(tmp_path, monkeypatch):
