@@ -16,12 +16,13 @@ import pyarrow as pa
 
 from .errors import InputError, ConceptError, EmptyConceptSetWarning
 from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
+from .counted import Counted
 
 # %% auto #0
-__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'coding_system',
-           'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning',
-           'code_key', 'read_ctv3_map', 'read_bnf_map', 'CodeMapping', 'map_codes', 'codelist_events', 'mapping_report',
-           'report_summary']
+__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'COUNT_COLUMNS',
+           'ALL_CODES', 'coding_system', 'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist',
+           'EmptyCodeListWarning', 'code_key', 'read_ctv3_map', 'read_bnf_map', 'CodeMapping', 'map_codes',
+           'codelist_events', 'mapping_report', 'report_summary', 'report_counted']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
@@ -622,3 +623,38 @@ def report_summary(report: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([(k, ", ".join(map(str, v)) if isinstance(v, list) else
                           ", ".join(f"{d}: {n}" for d, n in v.items()) if isinstance(v, dict) else v)
                          for k, v in report.attrs["summary"].items()], columns=["measure", "value"])
+
+COUNT_COLUMNS = tuple(f"{k}_{s}" for s in STRATEGIES for k in ("events", "persons"))
+ALL_CODES = "(all codes)"
+
+def report_counted(report: pd.DataFrame) -> Counted:
+    """A mapping report as a `Counted` table for release (`publish`, or `Session.table`): per code and for the whole list
+    (the row `ALL_CODES`), the events and persons each strategy selects. The per-code counts of a column are tied to the
+    list's total wherever they add up to it (codes that share no event), so a hidden small count cannot be recovered by
+    subtraction; a zero that holds by construction (an excluded code, a code that maps to nothing) is not disclosive."""
+    if not isinstance(report, pd.DataFrame) or "summary" not in report.attrs or not set(COUNT_COLUMNS) <= set(report.columns):
+        raise InputError("report_counted takes the table mapping_report() returns")
+    summ = report.attrs["summary"]
+    if not report.code.is_unique or ALL_CODES in set(report.code): raise InputError(f"the report's codes must be unique and not {ALL_CODES!r}")
+    idx = pd.Index([*report.code.astype(str), ALL_CODES], name="code")
+    total = {f"{k}_{s}": summ[f"{k} {s.replace('_', ' ')}"] for s in STRATEGIES for k in ("events", "persons")}
+    counts = pd.DataFrame([*report[list(COUNT_COLUMNS)].astype("int64").to_numpy().tolist(), [total[c] for c in COUNT_COLUMNS]],
+                          index=idx, columns=list(COUNT_COLUMNS))
+    members = [c for c, ex in zip(report.code.astype(str), report.excluded) if not ex]
+    relations = [([(c, col) for c in members], (ALL_CODES, col)) for col in COUNT_COLUMNS
+                 if members and int(counts.loc[members, col].sum()) == int(counts.at[ALL_CODES, col])]
+    structural = pd.DataFrame(False, index=idx, columns=counts.columns)
+    for code, ex, std in zip(report.code.astype(str), report.excluded, report.standard_concepts):
+        structural.loc[code] = True if ex else structural.loc[code]
+        if std == 0: structural.loc[code, ["events_mapped", "persons_mapped"]] = True
+    shown = report.drop(columns=["standard_concept_ids"]).assign(standard_concept_ids=report.standard_concept_ids.map(lambda v: " ".join(map(str, v))))
+    table = pd.concat([shown.set_index(shown.code.astype(str)).drop(columns="code"),
+                       pd.DataFrame({"status": [f"{summ['mapped']} of {summ['codes read']} codes mapped"]}, index=[ALL_CODES])])
+    table.index.name = "code"
+    table = table[[c for c in report.columns if c != "code"]]
+    def render(c):
+        out = table.copy()
+        for col in COUNT_COLUMNS: out[col] = c[col].to_numpy()
+        return out
+    return Counted(table, counts, relations, render=render, count_columns=COUNT_COLUMNS, zeros_ok=structural,
+                   caption=f"mapping report of code list {summ['code list']!r} ({summ['coding system']})")
