@@ -302,6 +302,27 @@ def _claim_token(folder: Path) -> str | None:
     try: return json.loads((folder / CLAIM_FILE).read_text()).get("token")
     except (OSError, ValueError, AttributeError): return None
 
+def _set_aside(folder: Path) -> Path | None:
+    """A run folder whose run failed or was interrupted, and whose claiming process has ended, is renamed to
+    `<folder>.failed-N` (nothing deleted) so that the run can be repeated under its name; returns the new name."""
+    try: m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError): return None
+    if not isinstance(m, dict) or m.get("status") not in ("failed", "interrupted") or not (folder / CLAIM_FILE).is_file(): return None
+    try: c = json.loads((folder / CLAIM_FILE).read_text())
+    except (OSError, ValueError): return None
+    if c.get("host") == platform.node() and isinstance(c.get("pid"), int) and c["pid"] != os.getpid():
+        try: os.kill(c["pid"], 0); return None        # its process is still alive (a sweep finishing up): leave it
+        except ProcessLookupError: pass
+        except PermissionError: return None
+    for k in range(1, 1000):
+        target = folder.with_name(f"{folder.name}.failed-{k}")
+        if target.exists(): continue
+        try: os.rename(folder, target)
+        except FileNotFoundError: return None          # another re-run moved it first
+        except OSError: continue
+        return target
+    return None
+
 # %% ../nbs/09_templates.ipynb #3f13d873
 _VERSIONS = ("healthbench", "numpy", "pandas", "scikit-learn", "shap", "duckdb", "ibis-framework", "pyarrow",
              "papermill", "scipy", "joblib")
@@ -508,6 +529,7 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
     full = validate(path, params)
     kernel_threads()   # a bad HB_KERNEL_THREADS fails here, before a folder is claimed or a kernel starts
     run_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"healthbench-{path.stem}-"))
+    previous = _set_aside(Path(out_dir)) if out_dir is not None and Path(out_dir).is_dir() else None
     claim = _claim(run_dir, by="healthbench run")
     run_dir = run_dir.resolve()
     if "out_dir" in full: full["out_dir"] = str(run_dir)
@@ -519,6 +541,7 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
     manifest = dict(template=path.stem, template_file=None if bundled else str(path.resolve()),
                     template_sha256=_sha256(path), parameters=full, versions=versions(),
                     seed=full.get("seed"), started=_now(), status="running")
+    if previous is not None: manifest["previous_attempt"] = str(previous.resolve())
     _write_manifest(run_dir, manifest)
     error, state, t0 = None, _Execution(), time.perf_counter()
     with _interrupts(state):

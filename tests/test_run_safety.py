@@ -292,3 +292,21 @@ def test_kernel_runs_numerical_libraries_on_one_thread(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="HB_KERNEL_THREADS"):
         run(nb, {}, tmp_path / "bad", progress=False)
     assert not (tmp_path / "bad").exists()
+
+
+def test_failed_run_is_set_aside_and_repeated(tmp_path):
+    "A run that failed does not block its re-run: its folder is renamed to <folder>.failed-N (nothing deleted) and recorded."
+    nb = template(tmp_path, "flaky", "if fail: raise ValueError('boom')\nopen(os.path.join(out, 'done.txt'), 'w').write('ok')",
+                  params="fail: bool = True")
+    with pytest.raises(TemplateRunError, match="boom"):
+        run(nb, {}, tmp_path / "r", progress=False)
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["status"] == "failed"
+    r = run(nb, {"fail": False}, tmp_path / "r", progress=False)
+    assert r.status == "succeeded" and (tmp_path / "r" / "done.txt").read_text() == "ok"
+    old = tmp_path / "r.failed-1"
+    assert json.loads((old / "manifest.json").read_text())["status"] == "failed" and not (old / "done.txt").exists()
+    assert r.manifest["previous_attempt"] == str(old.resolve())
+    # a succeeded run is never set aside: its folder is refused as before
+    with pytest.raises(TemplateError, match="already claimed"):
+        run(nb, {"fail": False}, tmp_path / "r", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r")) == ["r", "r.failed-1"]
