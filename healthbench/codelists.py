@@ -407,7 +407,7 @@ def map_codes(cdm, codelist: CodeList, *, ctv3_map=None, bnf_map=None) -> CodeMa
             parts.append(_among(c, ck.substr(0, 3), [k for k in keys if len(k) == 3], "str"))
         if lookup_system == "Read":
             if any(len(k) == 5 for k in keys): parts.append(_among(c, ck.substr(0, 5), [k for k in keys if len(k) == 5], "str"))
-            if any(len(k) == 7 for k in keys): parts.append(_among(c, ck, [k[:5] for k in keys if len(k) == 7], "str"))
+            if any(len(k) == 7 for k in keys): parts.append(_among(c, ck.substr(0, 5), [k[:5] for k in keys if len(k) == 7], "str"))
         q = ibis.union(*parts, distinct=True) if len(parts) > 1 else parts[0]
         cols = ["concept_id", "vocabulary_id", "concept_code", "standard_concept"] + (["invalid_reason"] if "invalid_reason" in concept.columns else [])
         got = q.select(*cols).to_pyarrow().to_pylist()
@@ -421,6 +421,14 @@ def map_codes(cdm, codelist: CodeList, *, ctv3_map=None, bnf_map=None) -> CodeMa
             if lookup_system == "Read" and len(own) == 5:   # a vocabulary of 5-character codes: a 7-character code matches its first 5
                 for k, cs in by_key.items():
                     if len(k) == 7 and k[:5] == own:
+                        for c in cs: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
+        if lookup_system == "Read":   # a term code the vocabulary lacks (a synonym, C10F.11) is its Read code: the concepts of its first 5
+            exact = {code_key("Read", r["concept_code"]) for r in got}
+            for r in got:
+                own = code_key("Read", r["concept_code"])
+                if len(own) != 7: continue
+                for k, cs in by_key.items():
+                    if len(k) == 7 and k not in exact and k[:5] == own[:5]:
                         for c in cs: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
     found = list(dict.fromkeys(found))
     sources = {f[2] for f in found}
