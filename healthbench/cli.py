@@ -202,6 +202,7 @@ def _run(args) -> int:
     m = r.manifest
     print(f"{m['template']}: {m['status']} in {m['seconds']:.1f} s -> {r.run_dir}")
     print(f"  report:  {r.run_dir / 'report.html'}")
+    if m.get("previous_attempt"): print(f"  the earlier failed attempt is kept in {m['previous_attempt']}")
     if (r.run_dir / "release").exists(): print(f"  release bundle: {r.run_dir / 'release'}")
     for o in r.outputs.itertuples(): print(f"  {o.status:<7}{o.name}")
     return 0

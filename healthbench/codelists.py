@@ -6,26 +6,29 @@ Docs: https://github.com/healthbench/healthbench/codelists.html.md"""
 
 # %% ../nbs/04a_codelists.ipynb #2f329042
 from __future__ import annotations
-import csv, functools, io, json, os, re, warnings
+import bisect, csv, functools, io, itertools, json, os, re, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import ibis
 import pandas as pd
+import pyarrow as pa
 
 from .errors import InputError, ConceptError, EmptyConceptSetWarning
 from .concepts import ConceptSet, _cdm_table, _decode, _check_text, _show
+from .counted import Counted
 
 # %% auto #0
-__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'coding_system',
-           'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist', 'EmptyCodeListWarning',
-           'code_key', 'read_ctv3_map', 'CodeMapping', 'map_codes', 'codelist_events', 'mapping_report',
-           'report_summary', 'guess_system', 'read_codelists', 'codelist_concept_set', 'mapping_provenance']
+__all__ = ['SYSTEMS', 'HDRUK_FIELDS', 'MAPPING_COLUMNS', 'EVENT_TABLES', 'STRATEGIES', 'REPORT_COLUMNS', 'COUNT_COLUMNS',
+           'ALL_CODES', 'coding_system', 'CodeList', 'read_opencodelists', 'read_plain', 'read_hdruk', 'read_codelist',
+           'EmptyCodeListWarning', 'code_key', 'read_ctv3_map', 'read_bnf_map', 'CodeMapping', 'map_codes',
+           'codelist_events', 'mapping_report', 'report_summary', 'report_counted', 'guess_system', 'read_codelists',
+           'codelist_concept_set', 'mapping_provenance']
 
 # %% ../nbs/04a_codelists.ipynb #1b7b2ebf
 SYSTEMS = {   # healthbench's name of a coding system -> the OMOP vocabularies its codes are looked up in
     "SNOMED": ("SNOMED",), "ICD10": ("ICD10", "ICD10CM"), "ICD10CM": ("ICD10CM",), "Read": ("Read",),
-    "CTV3": (), "OPCS4": ("OPCS4",), "dm+d": ("dm+d",), "BNF": ()}
+    "CTV3": (), "OPCS4": ("OPCS4",), "dm+d": ("dm+d",), "BNF": ("BNF",)}   # (OMOP has no BNF vocabulary; a site may add one)
 _ALIASES = {**{a: "SNOMED" for a in ("snomed", "snomedct", "snomedctcodes", "sct", "snomedctuk")},
             **{a: "ICD10" for a in ("icd10", "icd10codes", "icd10who", "icd10uk")},
             **{a: "ICD10CM" for a in ("icd10cm", "icd10cmcodes")},
@@ -270,19 +273,32 @@ def _concept_keys(system: str, concept_code: str) -> set[str]:
     return {k}
 
 # %% ../nbs/04a_codelists.ipynb #dcc19050
+def _cross_map(source, what: str, from_words, from_what: str, to_words, to_what: str) -> dict[str, list[str]]:
+    "A code → codes map from a dict or a CSV with one column named like `from_words` and one like `to_words`."
+    if isinstance(source, dict): return {str(k).strip(): [str(v).strip() for v in (vs if isinstance(vs, (list, tuple, set)) else [vs])] for k, vs in source.items()}
+    text, label, _ = _read_text(source, what)
+    header, rows = _csv_rows(text, label)
+    a = _guess_column(header, label, from_words, from_what)
+    b = _guess_column(header, label, to_words, to_what, exclude=(a,))
+    ai, bi = header.index(a), header.index(b)
+    out = {}
+    for _, f in rows:
+        if f[ai].strip() and f[bi].strip(): out.setdefault(f[ai].strip(), []).append(f[bi].strip())
+    return {k: list(dict.fromkeys(v)) for k, v in out.items()}
+
 def read_ctv3_map(source) -> dict[str, list[str]]:
     """A CTV3 → SNOMED CT map (e.g. from NHS TRUD's Read/CTV3 to SNOMED cross-maps, exported as CSV): one column of CTV3
     codes (named like `ctv3…`) and one of SNOMED codes (named like `snomed…`, `sct…` or `conceptid`); or a dict."""
-    if isinstance(source, dict): return {str(k).strip(): [str(v).strip() for v in (vs if isinstance(vs, (list, tuple, set)) else [vs])] for k, vs in source.items()}
-    text, label, _ = _read_text(source, "CTV3 map file")
-    header, rows = _csv_rows(text, label)
-    ctv3 = _guess_column(header, label, ("ctv3", "ctv3id", "ctv3code", "readv3", "read3"), "CTV3 code column")
-    sct = _guess_column(header, label, ("snomed", "sct", "conceptid", "sctid", "snomedcode", "snomedct"), "SNOMED code column", exclude=(ctv3,))
-    ci, si = header.index(ctv3), header.index(sct)
-    out = {}
-    for _, f in rows:
-        if f[ci].strip() and f[si].strip(): out.setdefault(f[ci].strip(), []).append(f[si].strip())
-    return out
+    return _cross_map(source, "CTV3 map file", ("ctv3", "ctv3id", "ctv3code", "readv3", "read3", "ctv3conceptid"), "CTV3 code column",
+                      ("snomed", "sct", "conceptid", "sctid", "snomedcode", "snomedct", "sctconceptid"), "SNOMED code column")
+
+def read_bnf_map(source) -> dict[str, list[str]]:
+    """A BNF → dm+d map (e.g. the NHS Business Services Authority's BNF SNOMED mapping, saved as CSV): one column of BNF
+    presentation codes (named like `BNF Code`) and one of dm+d codes (named like `SNOMED Code`, `dmd_id` or `VMP`); or a dict."""
+    return _cross_map(source, "BNF map file", ("bnf", "bnfcode", "bnfpresentationcode", "bnfid"), "BNF code column",
+                      ("snomed", "snomedcode", "dmd", "dmdid", "dmdcode", "vmp", "vmpid", "amp", "sct", "sctid", "conceptid"), "dm+d code column")
+
+_VIA = {"CTV3": "SNOMED", "BNF": "dm+d"}   # systems reached through a map the user supplies, and the system it maps to
 
 MAPPING_COLUMNS = ("code", "vocabulary_id", "source_concept_id", "source_concept_code", "source_invalid_reason",
                    "replaced_by", "standard_concept_id", "standard_concept_name", "domain_id")
@@ -291,7 +307,7 @@ MAPPING_COLUMNS = ("code", "vocabulary_id", "source_concept_id", "source_concept
 class CodeMapping:
     """A code list mapped to this CDM's vocabulary. `rows`: one row per code, source concept and standard concept it
     reaches (source columns empty when the code is no concept here, standard ones when it maps to nothing);
-    `via`: for CTV3, each code's SNOMED codes from the user's map."""
+    `via`: for CTV3 and BNF, each code's SNOMED or dm+d codes from the user's map."""
     codelist: CodeList
     rows: pd.DataFrame
     via: dict = field(default_factory=dict)
@@ -320,7 +336,8 @@ class CodeMapping:
 def _among(t, column, values, dtype: str):
     """The rows of `t` whose `column` (an expression on `t`) is one of `values`: a semi-join with an in-memory table, which
     compiles and runs in constant time where `isin` with thousands of literals takes seconds."""
-    m = ibis.memtable(pd.DataFrame({"_v": pd.Series(sorted(set(values)), dtype=dtype)}))
+    # (in-memory tables are built from Arrow: ibis's pandas type inference raises pandas 3's deprecation warnings)
+    m = ibis.memtable(pa.table({"_v": pa.array(sorted(set(values)), pa.int64() if dtype == "int64" else pa.string())}))
     return t.semi_join(m, column == m._v)
 
 def _valid(t): return t.filter(t.invalid_reason.isnull()) if "invalid_reason" in t.columns else t
@@ -349,10 +366,11 @@ def _replacements(cdm, deprecated: set[int], hops: int = 5) -> dict[int, list[in
         return sorted({f for n in nxt for f in final(n, (*seen, c))})
     return {c: final(c) for c in deprecated if c in direct}
 
-def map_codes(cdm, codelist: CodeList, *, ctv3_map=None) -> CodeMapping:
+def map_codes(cdm, codelist: CodeList, *, ctv3_map=None, bnf_map=None) -> CodeMapping:
     """`codelist`'s codes → source concepts of its vocabularies (codes normalised per system) → standard concepts by valid
     `Maps to` rows; a deprecated source concept is first replaced by its `Concept replaced by` successors; a standard
-    source concept with no `Maps to` row stands for itself. Warns (`EmptyCodeListWarning`) when nothing is reached."""
+    source concept with no `Maps to` row stands for itself. CTV3 codes go through `ctv3_map` (to SNOMED) and BNF codes
+    through `bnf_map` (to dm+d; a BNF code stands for every code of the map it begins). Warns (`EmptyCodeListWarning`) when nothing is reached."""
     if not isinstance(codelist, CodeList): raise InputError(f"map_codes needs a CodeList (see read_codelist); got {type(codelist).__name__}")
     cl, system, via = codelist, codelist.system, {}
     codes = [*cl.codes, *cl.exclude]
@@ -363,6 +381,15 @@ def map_codes(cdm, codelist: CodeList, *, ctv3_map=None) -> CodeMapping:
         cmap = read_ctv3_map(ctv3_map)
         via = {c: cmap.get(c, []) for c in codes}
         lookup_system, wanted = "SNOMED", {c: via[c] for c in codes}
+    elif system == "BNF" and bnf_map is not None:
+        bmap = read_bnf_map(bnf_map)
+        ordered = sorted(bmap)
+        for c in codes:   # a BNF code stands for the presentations it begins (chapter, section, chemical, product)
+            k = c.strip()
+            lo = bisect.bisect_left(ordered, k)
+            hits = itertools.takewhile(lambda b: b.startswith(k), ordered[lo:])
+            via[c] = list(dict.fromkeys(d for b in hits for d in bmap[b]))
+        lookup_system, wanted = "dm+d", via
     else:
         lookup_system, wanted = system, {c: [c] for c in codes}
     vocabs = SYSTEMS[lookup_system]
@@ -381,7 +408,7 @@ def map_codes(cdm, codelist: CodeList, *, ctv3_map=None) -> CodeMapping:
             parts.append(_among(c, ck.substr(0, 3), [k for k in keys if len(k) == 3], "str"))
         if lookup_system == "Read":
             if any(len(k) == 5 for k in keys): parts.append(_among(c, ck.substr(0, 5), [k for k in keys if len(k) == 5], "str"))
-            if any(len(k) == 7 for k in keys): parts.append(_among(c, ck, [k[:5] for k in keys if len(k) == 7], "str"))
+            if any(len(k) == 7 for k in keys): parts.append(_among(c, ck.substr(0, 5), [k[:5] for k in keys if len(k) == 7], "str"))
         q = ibis.union(*parts, distinct=True) if len(parts) > 1 else parts[0]
         cols = ["concept_id", "vocabulary_id", "concept_code", "standard_concept"] + (["invalid_reason"] if "invalid_reason" in concept.columns else [])
         got = q.select(*cols).to_pyarrow().to_pylist()
@@ -395,6 +422,14 @@ def map_codes(cdm, codelist: CodeList, *, ctv3_map=None) -> CodeMapping:
             if lookup_system == "Read" and len(own) == 5:   # a vocabulary of 5-character codes: a 7-character code matches its first 5
                 for k, cs in by_key.items():
                     if len(k) == 7 and k[:5] == own:
+                        for c in cs: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
+        if lookup_system == "Read":   # a term code the vocabulary lacks (a synonym, C10F.11) is its Read code: the concepts of its first 5
+            exact = {code_key("Read", r["concept_code"]) for r in got}
+            for r in got:
+                own = code_key("Read", r["concept_code"])
+                if len(own) != 7: continue
+                for k, cs in by_key.items():
+                    if len(k) == 7 and k not in exact and k[:5] == own[:5]:
                         for c in cs: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
     found = list(dict.fromkeys(found))
     sources = {f[2] for f in found}
@@ -429,14 +464,16 @@ def _warn_unmapped(cdm, m: CodeMapping, concept, vocabs):
     cl = m.codelist
     if m.standard_concept_ids: return
     if not vocabs:
-        return _empty_list(cl, "unknown vocabulary", f"OMOP has no {cl.system} vocabulary, so its codes cannot be looked up"
-                           + (" (BNF: map it to dm+d first)" if cl.system == "BNF" else ""), 4)
+        return _empty_list(cl, "unknown vocabulary", f"OMOP has no {cl.system} vocabulary, so its codes cannot be looked up", 4)
     if m.source_concept_ids:
         return _empty_list(cl, "no mapping", f"its codes are concepts here ({len(m.source_concept_ids)} source concepts) but none "
                            "has a valid 'Maps to' row to a standard concept: as mapped it selects no events (try as_recorded)", 4)
-    if cl.system == "CTV3" and not any(m.via.values()):
-        return _empty_list(cl, "no mapping", "the CTV3 map given maps none of its codes to SNOMED", 4)
+    if cl.system in _VIA and m.via and not any(m.via.values()):
+        return _empty_list(cl, "no mapping", f"the {cl.system} map given maps none of its codes to {_VIA[cl.system]}", 4)
     present = concept is not None and concept.filter(concept.vocabulary_id.isin(list(vocabs))).count().to_pyarrow().as_py() > 0
+    if not present and cl.system == "BNF":
+        return _empty_list(cl, "unknown vocabulary", "OMOP has no BNF vocabulary and this CDM has no local one: pass bnf_map= a BNF → dm+d "
+                           "map (e.g. the NHS Business Services Authority's BNF SNOMED mapping, as CSV) to reach its drugs through dm+d", 4)
     if not present:
         return _empty_list(cl, "unknown vocabulary", f"this CDM's vocabulary has no {' or '.join(vocabs)} concepts, so none of "
                            "its codes can be looked up (a trimmed vocabulary, or another coding system: as_recorded may still "
@@ -485,7 +522,8 @@ def codelist_events(cdm, mapping: CodeMapping, strategy: str, *, warn: bool = Tr
             for kind, link in links:
                 col = std if kind == "standard" else srcc
                 if len(link) and col in t.columns:
-                    m = ibis.memtable(pd.DataFrame({"_code": link.code.astype(str), "_cid": link.iloc[:, 1].astype("int64")}))
+                    m = ibis.memtable(pa.table({"_code": pa.array(link.code.astype(str).tolist(), pa.string()),
+                                                "_cid": pa.array(link.iloc[:, 1].astype("int64").tolist(), pa.int64())}))
                     j = t.join(m, t[col].cast("int64") == m._cid)
                     parts.append(j.select(code=j._code.cast("string"), table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
             if strategy == "as_recorded" and val in t.columns:
@@ -495,15 +533,13 @@ def codelist_events(cdm, mapping: CodeMapping, strategy: str, *, warn: bool = Tr
                     k = spelled if whole else spelled[[n is not None and not exact_only and _prefix(cl.system, code_key(cl.system, c))
                                                        for c in spelled._code]]
                     if not len(k): continue
-                    m = ibis.memtable(k)
+                    m = ibis.memtable(pa.table({c: pa.array(k[c].tolist(), pa.string()) for c in ("_code", "_key")}))
                     j = t.join(m, (t[val] == m._key) if whole else (t[val].substr(0, n) == m._key))   # equi-joins both
                     parts.append(j.select(code=j._code.cast("string"), table=ibis.literal(table), event_id=j[eid].cast("int64"), person_id=j.person_id.cast("int64")))
         return parts
     parts = matches(cl.codes)
     if not parts:
-        events = ibis.memtable(pd.DataFrame({"code": pd.Series(dtype=str), "table": pd.Series(dtype=str),
-                                             "event_id": pd.Series(dtype="int64"), "person_id": pd.Series(dtype="int64")}),
-                               schema={"code": "string", "table": "string", "event_id": "int64", "person_id": "int64"})   # pandas 2 infers null
+        events = ibis.memtable(pa.table({c: pa.array([], t) for c, t in (("code", pa.string()), ("table", pa.string()), ("event_id", pa.int64()), ("person_id", pa.int64()))}))
     else: events = ibis.union(*parts, distinct=True)
     out = matches(cl.exclude, exact_only=True) if parts and cl.exclude and strategy == "as_recorded" else []
     if out:
@@ -535,13 +571,13 @@ def _counts(events) -> tuple[dict, dict]:
     got = per.union(total.select("code", "events", "persons")).to_pyarrow().to_pylist()
     return {r["code"]: int(r["events"] or 0) for r in got}, {r["code"]: int(r["persons"] or 0) for r in got}
 
-def mapping_report(cdm, codelist: CodeList | CodeMapping, *, ctv3_map=None, warn: bool = True) -> pd.DataFrame:
+def mapping_report(cdm, codelist: CodeList | CodeMapping, *, ctv3_map=None, bnf_map=None, warn: bool = True) -> pd.DataFrame:
     """What happened to each code of a list: one row per code with its status ('mapped', 'no mapping', 'not in
     vocabulary', 'no OMOP vocabulary', 'excluded'), the vocabulary it was found in, its source and standard concepts
     (with their domains), whether it maps one-to-many or shares a standard concept with another code (many-to-one), and
     the events and persons it selects under each strategy. `report.attrs["summary"]` holds the list's totals. A list
     that selects no events under a strategy warns with the cause."""
-    m = codelist if isinstance(codelist, CodeMapping) else map_codes(cdm, codelist, ctv3_map=ctv3_map)
+    m = codelist if isinstance(codelist, CodeMapping) else map_codes(cdm, codelist, ctv3_map=ctv3_map, bnf_map=bnf_map)
     cl, rows = m.codelist, m.rows
     counts = {s: _counts(codelist_events(cdm, m, s, warn=False)) for s in STRATEGIES}
     valid = set(m.source_concept_ids)
@@ -560,8 +596,8 @@ def mapping_report(cdm, codelist: CodeList | CodeMapping, *, ctv3_map=None, warn
     for code, d in info.items():
         std = sorted(d["std"])
         if code in excluded: status = "excluded"
-        elif not SYSTEMS[cl.system] and cl.system != "CTV3": status = "no OMOP vocabulary"
-        elif cl.system == "CTV3" and not m.via.get(code): status = "not in CTV3 map"
+        elif cl.system in _VIA and m.via and not m.via.get(code): status = f"not in {cl.system} map"
+        elif cl.system in _VIA and not m.via and not d["src"]: status = "no OMOP vocabulary"
         elif not d["src"]: status = "not in vocabulary"
         elif not std: status = "no mapping"
         else: status = "mapped"
@@ -596,6 +632,41 @@ def report_summary(report: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame([(k, ", ".join(map(str, v)) if isinstance(v, list) else
                           ", ".join(f"{d}: {n}" for d, n in v.items()) if isinstance(v, dict) else v)
                          for k, v in report.attrs["summary"].items()], columns=["measure", "value"])
+
+COUNT_COLUMNS = tuple(f"{k}_{s}" for s in STRATEGIES for k in ("events", "persons"))
+ALL_CODES = "(all codes)"
+
+def report_counted(report: pd.DataFrame) -> Counted:
+    """A mapping report as a `Counted` table for release (`publish`, or `Session.table`): per code and for the whole list
+    (the row `ALL_CODES`), the events and persons each strategy selects. The per-code counts of a column are tied to the
+    list's total wherever they add up to it (codes that share no event), so a hidden small count cannot be recovered by
+    subtraction; a zero that holds by construction (an excluded code, a code that maps to nothing) is not disclosive."""
+    if not isinstance(report, pd.DataFrame) or "summary" not in report.attrs or not set(COUNT_COLUMNS) <= set(report.columns):
+        raise InputError("report_counted takes the table mapping_report() returns")
+    summ = report.attrs["summary"]
+    if not report.code.is_unique or ALL_CODES in set(report.code): raise InputError(f"the report's codes must be unique and not {ALL_CODES!r}")
+    idx = pd.Index([*report.code.astype(str), ALL_CODES], name="code")
+    total = {f"{k}_{s}": summ[f"{k} {s.replace('_', ' ')}"] for s in STRATEGIES for k in ("events", "persons")}
+    counts = pd.DataFrame([*report[list(COUNT_COLUMNS)].astype("int64").to_numpy().tolist(), [total[c] for c in COUNT_COLUMNS]],
+                          index=idx, columns=list(COUNT_COLUMNS))
+    members = [c for c, ex in zip(report.code.astype(str), report.excluded) if not ex]
+    relations = [([(c, col) for c in members], (ALL_CODES, col)) for col in COUNT_COLUMNS
+                 if members and int(counts.loc[members, col].sum()) == int(counts.at[ALL_CODES, col])]
+    structural = pd.DataFrame(False, index=idx, columns=counts.columns)
+    for code, ex, std in zip(report.code.astype(str), report.excluded, report.standard_concepts):
+        structural.loc[code] = True if ex else structural.loc[code]
+        if std == 0: structural.loc[code, ["events_mapped", "persons_mapped"]] = True
+    shown = report.drop(columns=["standard_concept_ids"]).assign(standard_concept_ids=report.standard_concept_ids.map(lambda v: " ".join(map(str, v))))
+    table = pd.concat([shown.set_index(shown.code.astype(str)).drop(columns="code"),
+                       pd.DataFrame({"status": [f"{summ['mapped']} of {summ['codes read']} codes mapped"]}, index=[ALL_CODES])])
+    table.index.name = "code"
+    table = table[[c for c in report.columns if c != "code"]]
+    def render(c):
+        out = table.copy()
+        for col in COUNT_COLUMNS: out[col] = c[col].to_numpy()
+        return out
+    return Counted(table, counts, relations, render=render, count_columns=COUNT_COLUMNS, zeros_ok=structural,
+                   caption=f"mapping report of code list {summ['code list']!r} ({summ['coding system']})")
 
 # %% ../nbs/04a_codelists.ipynb #894486fe
 _SYSTEM_SUFFIXES = ("codes", "code", "id", "ids", "concept")

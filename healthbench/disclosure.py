@@ -311,8 +311,23 @@ class TableCheck:
             if n: s += f"{r}: {n} cells may need suppressing; "
         return s
 
+    def _headline(self) -> str:
+        flagged = {r: len(c) for r, c in self.cells.items() if c}
+        why = ", ".join(f"{n} cell{'s' if n > 1 else ''} {r}" for r, n in flagged.items())
+        return f"table {self.name!r}: {self.verdict}" + (f" ({why})" if why else "")
+
     def __repr__(self):
-        return f"TableCheck({self.name!r}: {self.summary.strip()})"
+        reasons = self.reasons
+        shown = self.table.astype(object).where(reasons.to_numpy() == "", self.table.astype(str) + " ✗")
+        return f"{self._headline()}; ✗ marks a flagged cell (see .reasons)\n{shown!r}"
+
+    def _repr_html_(self):
+        reasons = self.reasons.to_numpy()
+        def style(col):
+            j = self.table.columns.get_loc(col.name)
+            return ["background:#fde2e1" if reasons[i, j] else "" for i in range(len(col))]
+        html_table = self.table.style.apply(style).set_tooltips(self.reasons).to_html()
+        return f"<p><b>{html.escape(self._headline())}</b>; flagged cells are shaded (hover for the reason)</p>{html_table}"
 
 # %% ../nbs/07_disclosure.ipynb #20e9f716
 def _is_margin(label) -> bool:

@@ -238,7 +238,7 @@ def extract(cdm, result: CohortResult, covariates: list[Covariate] | None = None
             imd = imd.select(person_id=imd.person_id, event_date=imd.observation_date.cast("date"), value=imd.value_as_number)
             j = keys.join(imd, [keys.person_id == imd.person_id, imd.event_date <= keys.index_date])
             j = j.mutate(_last=j.event_date.max().over(group_by=[j.person_id, j.index_date])).filter(lambda t: t.event_date == t._last)
-            agg = _keyed(j.group_by(["person_id", "index_date"]).aggregate(**{c.name: j.value.min()}), i)
+            agg = _keyed(j.group_by(["person_id", "index_date"]).aggregate(**{c.name: j.value.min().round().cast("int64")}), i)   # a quintile is a whole number
             f = f.left_join(agg, [keys.person_id == agg[f"_p{i}"], keys.index_date == agg[f"_d{i}"]])
             cols.append(agg[c.name])
         elif (c.domain, c.window) in batches and c in batches[(c.domain, c.window)]:

@@ -22,8 +22,9 @@ from . import vocabulary as V
 
 # %% auto #0
 __all__ = ['STUDY_START', 'REGISTRATION_END', 'DATA_CUT', 'CHUNK_PERSONS', 'ETHNICITY_KEYS', 'COEFFICIENTS', 'WEIBULL_SCALE',
-           'WEIBULL_SHAPE', 'MAX_PERSONS', 'MAX_SEED', 'design_matrix', 'linear_predictor', 'true_risk', 'true_model',
-           'simulate_persons', 'generate', 'table_checksums']
+           'WEIBULL_SHAPE', 'MAX_PERSONS', 'MAX_SEED', 'SOURCE_CODES', 'UK_STREAM', 'SNOMED_FROM', 'EXTRA_TABLES',
+           'RECORDED_AS', 'EARLIER_ID', 'PCI_SHARE', 'CABG_SHARE', 'design_matrix', 'linear_predictor', 'true_risk',
+           'true_model', 'simulate_persons', 'generate', 'table_checksums']
 
 # %% ../nbs/02_synth.ipynb #dd7d88d8
 STUDY_START = _dt.date(2005, 1, 1)
@@ -205,9 +206,9 @@ def simulate_persons(n_persons: int, seed: int = 0) -> pd.DataFrame:
 def _col(values, typ) -> pa.Array:
     return pa.array(values, type=typ)
 
-def _table(name: str, n: int, **cols) -> pa.Table:
-    "An Arrow table of `n` rows for OMOP table `name`; columns not given are null."
-    schema = arrow_schema(name)
+def _table(name: str, n: int, schema: pa.Schema | None = None, **cols) -> pa.Table:
+    "An Arrow table of `n` rows for OMOP table `name` (with `schema` if given); columns not given are null."
+    schema = arrow_schema(name) if schema is None else schema
     arrays = []
     for f in schema:
         v = cols.pop(f.name, None)
@@ -428,6 +429,132 @@ def _event_tables(b: dict, rng: np.random.Generator, ids: dict[str, int]) -> dic
         death_type_concept_id=np.full(len(w), V.TYPE["ehr"], np.int32), cause_concept_id=np.where(b["fatal"][w], cause[w], 0))
     return out
 
+# %% ../nbs/02_synth.ipynb #03ac1a7e
+SOURCE_CODES = V.SOURCE_CODES
+UK_STREAM = 0x554B               # 'UK': source codes and procedures are drawn from their own stream, (seed, chunk, UK_STREAM)
+SNOMED_FROM = _dt.date(2018, 4, 1)   # England's GP systems record SNOMED CT from this day, Read v2 before
+EXTRA_TABLES = ("procedure_occurrence", "concept_relationship")   # written beyond schema.CDM_TABLES
+_ID = {(v, c): cid for cid, v, c, *_ in V.SOURCE_CODES}
+
+def _opts(**by_standard):
+    "{standard concept: {source concept id: probability}} from {name: {(vocabulary, code): probability}}."
+    return {int(k.split("_")[1]): {_ID[vc]: p for vc, p in v.items()} for k, v in by_standard.items()}
+
+#: how each standard concept is recorded, per setting: {standard concept id: {source concept id: probability}}
+RECORDED_AS = {
+    "read": _opts(  # primary care before SNOMED_FROM (conditions and measurements)
+        c_201826={("Read", "C10F.00"): 1}, c_4226121={("Read", "C10F600"): 1}, c_37016354={("Read", "C10F200"): 1},
+        c_320128={("Read", "G20..00"): 0.9, ("Read", "G20z.00"): 0.1}, c_316866={("Read", "G2...00"): 1},
+        c_201313={("Read", "G22..00"): 1}, c_313217={("Read", "G573000"): 1}, c_4154290={("Read", "G573200"): 1},
+        c_46271022={("Read", "1Z1..00"): 1}, c_443597={("Read", "1Z12.00"): 1}, c_443612={("Read", "1Z13.00"): 1},
+        m_3004249={("Read", "2469.00"): 1}, m_3012888={("Read", "246A.00"): 1}, m_3038553={("Read", "22K..00"): 1},
+        m_4008265={("Read", "44P..00"): 1}, m_4101713={("Read", "44P5.00"): 1}, m_3004410={("Read", "42W5.00"): 1}),
+    "snomed": _opts(  # measurements from SNOMED_FROM whose standard concept is LOINC; other events: the SNOMED concept itself
+        m_3004249={("SNOMED", "271649006"): 1}, m_3012888={("SNOMED", "271650006"): 1},
+        m_3038553={("SNOMED", "60621009"): 1}, m_3004410={("SNOMED", "999791000000106"): 1}),
+    "hospital": _opts(  # the outcome admissions, as HES codes them
+        c_312327={("ICD10", "I21.0"): 0.3, ("ICD10", "I21.1"): 0.25, ("ICD10", "I21.4"): 0.45},
+        c_4329847={("ICD10", "I21.9"): 1},
+        c_443454={("ICD10", "I63.9"): 0.6, ("ICD10", "I63.5"): 0.2, ("ICD10", "I63.4"): 0.2},
+        c_376713={("ICD10", "I61.9"): 0.8, ("ICD10", "I61.0"): 0.2}, c_381316={("ICD10", "I64"): 1}),
+    "dmd": _opts(  # prescriptions
+        d_1545958={("dm+d", "39733011000001106"): 0.6, ("dm+d", "39733111000001107"): 0.4},
+        d_1539403={("dm+d", "42381911000001105"): 0.6, ("dm+d", "320006003"): 0.4},
+        d_1510813={("dm+d", "42297211000001100"): 1}, d_1551860={("dm+d", "42380011000001102"): 1},
+        d_1503297={("dm+d", "325278007"): 1}, d_1332418={("dm+d", "39732011000001102"): 1},
+        d_1334456={("dm+d", "318906001"): 1}, d_1308216={("dm+d", "318873002"): 1}, d_1367500={("dm+d", "318956006"): 1},
+        d_1316354={("dm+d", "317919004"): 1}, d_978555={("dm+d", "317972001"): 1}),
+    "opcs": _opts(  # procedures in MI admissions
+        p_4216130={("OPCS4", "K75.1"): 0.45, ("OPCS4", "K75.2"): 0.1, ("OPCS4", "K75.3"): 0.35, ("OPCS4", "K75.8"): 0.1},
+        p_4336464={("OPCS4", "K40.1"): 0.2, ("OPCS4", "K40.2"): 0.45, ("OPCS4", "K40.3"): 0.35}),
+}
+#: a prescription dated up to V.DEPRECATED_END records these products by their earlier (now deprecated) dm+d id
+EARLIER_ID = {_ID["dm+d", "39733011000001106"]: _ID["dm+d", "320030001"], _ID["dm+d", "42381911000001105"]: _ID["dm+d", "319996000"]}
+PCI_SHARE, CABG_SHARE = 0.45, 0.08   # of MI admissions (acute or unspecified MI)
+
+def _uk_rng(seed: int, chunk: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, chunk, UK_STREAM]))
+
+def _written(vocabulary: str, code: str) -> str:
+    "A code as the source system writes it: HES writes ICD-10 and OPCS-4 without the dot, a 3-character ICD-10 code with filler X."
+    if vocabulary in ("ICD10", "OPCS4"):
+        c = code.replace(".", "")
+        return c + "X" if vocabulary == "ICD10" and len(c) == 3 else c
+    return code
+
+# every concept an event may name as its source, and the value it is written as (a dictionary for Arrow)
+_VALUE_BY_ID = {cid: _written(v, code) for cid, _n, _d, v, _c, _s, code in V.CONCEPTS} | {cid: _written(v, c) for cid, v, c, *_ in V.SOURCE_CODES}
+_VALUE_IDS = np.array(sorted(_VALUE_BY_ID), dtype=np.int64)
+_VALUES = pa.array([_VALUE_BY_ID[i] for i in _VALUE_IDS])
+
+def _choose(standard: np.ndarray, u: np.ndarray, options: dict) -> np.ndarray:
+    "Per row, a source concept for its standard concept drawn with the probabilities of `options` (0 where it has none)."
+    out = np.zeros(len(standard), np.int64)
+    for std, opts in options.items():
+        m = standard == std
+        if not m.any(): continue
+        ids, cp = np.array(list(opts)), np.cumsum(list(opts.values()))
+        out[m] = ids[np.minimum(np.searchsorted(cp / cp[-1], u[m], side="right"), len(ids) - 1)]
+    return out
+
+def _days_of(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).combine_chunks().view(pa.int32()).to_numpy().astype(np.int64)
+
+def _with_source(table: pa.Table, domain: str, source: np.ndarray) -> pa.Table:
+    "`table` with `{domain}_source_concept_id` and `{domain}_source_value` (dictionary-encoded) set from `source`."
+    i = table.schema.get_field_index(f"{domain}_source_concept_id")
+    table = table.set_column(i, table.schema.field(i), pa.array(source.astype(np.int32)))
+    idx = np.searchsorted(_VALUE_IDS, source).astype(np.int16)
+    j = table.schema.get_field_index(f"{domain}_source_value")
+    values = pa.DictionaryArray.from_arrays(pa.array(idx), _VALUES)
+    return table.set_column(j, pa.field(f"{domain}_source_value", values.type), values)
+
+def _uk_sources(out: dict[str, pa.Table], rng: np.random.Generator, ids: dict[str, int]) -> dict[str, pa.Table]:
+    """Add what a UK CDM records to one chunk's tables: source codes of conditions, drugs and measurements, and
+    procedures in MI admissions; every draw from `rng` (the chunk's UK stream), no existing value changed."""
+    snomed_from = _days(SNOMED_FROM)
+    # conditions: outcome admissions in ICD-10, primary care in Read v2 before SNOMED_FROM, SNOMED CT after
+    t = out["condition_occurrence"]
+    c, d = t.column("condition_concept_id").to_numpy().astype(np.int64), _days_of(t, "condition_start_date")
+    u = rng.random(len(c))
+    hosp = np.isin(c, list(RECORDED_AS["hospital"]))
+    src = np.where(hosp, _choose(c, u, RECORDED_AS["hospital"]), np.where(d < snomed_from, _choose(c, u, RECORDED_AS["read"]), c))
+    out["condition_occurrence"] = _with_source(t, "condition", src)
+    # procedures: a share of MI admissions get a PCI (OPCS-4 K75) or a CABG (K40) during the stay
+    mi = np.flatnonzero(hosp & np.isin(c, [V.CONDITION["acute_myocardial_infarction"], V.CONDITION["myocardial_infarction"]]))
+    v = rng.random(len(mi))
+    kind = np.where(v < PCI_SHARE, V.PROCEDURE["percutaneous_coronary_intervention"],
+                    np.where(v < PCI_SHARE + CABG_SHARE, V.PROCEDURE["coronary_artery_bypass_graft"], 0))
+    u_code, delay = rng.random(len(mi)), rng.integers(0, 8, len(mi))
+    keep = kind > 0
+    rows, kind, u_code, delay = mi[keep], kind[keep], u_code[keep], delay[keep]
+    visits = out["visit_occurrence"]
+    vid = t.column("visit_occurrence_id").to_numpy(zero_copy_only=False)[rows].astype(np.int64)
+    v_end = _days_of(visits, "visit_end_date")[vid - visits.column("visit_occurrence_id")[0].as_py()]
+    p_day = np.minimum(d[rows] + np.where(kind == V.PROCEDURE["percutaneous_coronary_intervention"], delay % 2, 1 + delay), v_end)
+    n = len(rows)
+    proc = _table("procedure_occurrence", n, schema=V.official_arrow_schema("procedure_occurrence"),
+        procedure_occurrence_id=ids["procedure_occurrence"] + np.arange(n), person_id=t.column("person_id").to_numpy()[rows],
+        procedure_concept_id=kind, procedure_date=p_day, procedure_type_concept_id=np.full(n, V.TYPE["ehr"], np.int32),
+        visit_occurrence_id=vid)
+    ids["procedure_occurrence"] += n
+    out["procedure_occurrence"] = _with_source(proc, "procedure", _choose(kind, u_code, RECORDED_AS["opcs"]))
+    # drugs: dm+d products; before the deprecation, the product's earlier id where it had one
+    t = out["drug_exposure"]
+    c, d = t.column("drug_concept_id").to_numpy().astype(np.int64), _days_of(t, "drug_exposure_start_date")
+    src = _choose(c, rng.random(len(c)), RECORDED_AS["dmd"])
+    early = d <= _days(V.DEPRECATED_END)
+    for now, before in EARLIER_ID.items(): src[early & (src == now)] = before
+    out["drug_exposure"] = _with_source(t, "drug", src)
+    # measurements: Read v2 before SNOMED_FROM, SNOMED CT after
+    t = out["measurement"]
+    c, d = t.column("measurement_concept_id").to_numpy().astype(np.int64), _days_of(t, "measurement_date")
+    u = rng.random(len(c))
+    sn = _choose(c, u, RECORDED_AS["snomed"])
+    src = np.where(d < snomed_from, _choose(c, u, RECORDED_AS["read"]), np.where(sn > 0, sn, c))
+    out["measurement"] = _with_source(t, "measurement", src)
+    return out
+
 # %% ../nbs/02_synth.ipynb #61e91a57
 def _cdm_source(n_persons: int, seed: int) -> pa.Table:
     from healthbench import __version__
@@ -468,14 +595,16 @@ def generate(n_persons: int, seed: int = 0, path: str | os.PathLike = "healthben
     con = duckdb.connect(str(tmp))
     try:
         for name in CDM_TABLES: con.execute(create_table_sql(name))
+        for name in EXTRA_TABLES: con.execute(V.official_create_sql(name))
         _insert(con, "concept", V.concept_table())
         _insert(con, "concept_ancestor", V.concept_ancestor_table())
+        _insert(con, "concept_relationship", V.concept_relationship_table())
         _insert(con, "cdm_source", _cdm_source(n_persons, seed))
-        ids = dict.fromkeys(["visit_occurrence", "condition_occurrence", "drug_exposure", "measurement", "observation"], 1)
+        ids = dict.fromkeys(["visit_occurrence", "condition_occurrence", "drug_exposure", "measurement", "observation", "procedure_occurrence"], 1)
         with tqdm(total=n_persons, unit="persons", disable=not progress, desc="synthetic CDM") as bar:
             for k, first, n in _chunks(n_persons):
                 rng_b, rng_e = _chunk_rngs(seed, k)
-                tables = _event_tables(_simulate_baseline(rng_b, first, n), rng_e, ids)
+                tables = _uk_sources(_event_tables(_simulate_baseline(rng_b, first, n), rng_e, ids), _uk_rng(seed, k), ids)
                 for name, table in tables.items(): _insert(con, name, table)
                 bar.update(n)
         con.execute("CHECKPOINT")
@@ -489,11 +618,12 @@ def generate(n_persons: int, seed: int = 0, path: str | os.PathLike = "healthben
 
 # %% ../nbs/02_synth.ipynb #80bf3329
 def table_checksums(path: str | os.PathLike) -> dict[str, str]:
-    "sha256 over the rows of each CDM table (sorted by all columns) in the DuckDB file at `path`."
+    "sha256 over the rows of each CDM table (sorted by all columns) in the DuckDB file at `path`, `EXTRA_TABLES` where present."
     import hashlib
     out = {}
     with duckdb.connect(str(path), read_only=True) as con:
-        for name in CDM_TABLES:
+        present = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        for name in (*CDM_TABLES, *[t for t in EXTRA_TABLES if t in present]):
             h = hashlib.sha256()
             for batch in con.execute(f"SELECT * FROM {name} ORDER BY ALL").fetch_record_batch(200_000):
                 h.update(pd.util.hash_pandas_object(batch.to_pandas(), index=False).to_numpy().tobytes())

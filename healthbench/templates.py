@@ -30,12 +30,12 @@ import pandas as pd
 from .errors import ConceptError, EmptyConceptSetWarning, HealthbenchError, InputError, Interrupted, TemplateError, TemplateRunError
 
 # %% auto #0
-__all__ = ['TEMPLATE_DIR', 'GROUPS', 'MODELS', 'COVARIATE_SETS', 'CLAIM_FILE', 'SYNTHETIC_SOURCE', 'OUTCOME_CONCEPTS',
-           'CATEGORICAL', 'template_path', 'parameters', 'available', 'validate', 'versions', 'RunResult',
-           'kernel_name', 'run', 'sweep', 'verify', 'template_cdm', 'is_synthetic', 'template_cohort',
-           'example_outcome', 'template_outcome', 'template_covariates', 'table_one_variables', 'cox_covariates',
-           'template_session', 'template_out_dir', 'prediction_data', 'prediction_models', 'bp_cohort', 'model_inputs',
-           'fitted_model', 'fit_model', 'record_provenance']
+__all__ = ['TEMPLATE_DIR', 'GROUPS', 'MODELS', 'COVARIATE_SETS', 'CLAIM_FILE', 'THREAD_VARIABLES', 'SYNTHETIC_SOURCE',
+           'OUTCOME_CONCEPTS', 'CATEGORICAL', 'template_path', 'parameters', 'available', 'validate', 'versions',
+           'RunResult', 'kernel_name', 'kernel_threads', 'run', 'sweep', 'verify', 'template_cdm', 'is_synthetic',
+           'template_cohort', 'example_outcome', 'template_outcome', 'template_covariates', 'table_one_variables',
+           'cox_covariates', 'template_session', 'template_out_dir', 'prediction_data', 'prediction_models',
+           'bp_cohort', 'model_inputs', 'fitted_model', 'fit_model', 'record_provenance']
 
 # %% ../nbs/09_templates.ipynb #3456b101
 import healthbench as _hb
@@ -302,6 +302,27 @@ def _claim_token(folder: Path) -> str | None:
     try: return json.loads((folder / CLAIM_FILE).read_text()).get("token")
     except (OSError, ValueError, AttributeError): return None
 
+def _set_aside(folder: Path) -> Path | None:
+    """A run folder whose run failed or was interrupted, and whose claiming process has ended, is renamed to
+    `<folder>.failed-N` (nothing deleted) so that the run can be repeated under its name; returns the new name."""
+    try: m = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError): return None
+    if not isinstance(m, dict) or m.get("status") not in ("failed", "interrupted") or not (folder / CLAIM_FILE).is_file(): return None
+    try: c = json.loads((folder / CLAIM_FILE).read_text())
+    except (OSError, ValueError): return None
+    if c.get("host") == platform.node() and isinstance(c.get("pid"), int) and c["pid"] != os.getpid():
+        try: os.kill(c["pid"], 0); return None        # its process is still alive (a sweep finishing up): leave it
+        except ProcessLookupError: pass
+        except PermissionError: return None
+    for k in range(1, 1000):
+        target = folder.with_name(f"{folder.name}.failed-{k}")
+        if target.exists(): continue
+        try: os.rename(folder, target)
+        except FileNotFoundError: return None          # another re-run moved it first
+        except OSError: continue
+        return target
+    return None
+
 # %% ../nbs/09_templates.ipynb #3f13d873
 _VERSIONS = ("healthbench", "numpy", "pandas", "scikit-learn", "shap", "duckdb", "ibis-framework", "pyarrow",
              "papermill", "scipy", "joblib")
@@ -345,6 +366,15 @@ def kernel_name() -> str:
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(d)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
     return name
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+def kernel_threads() -> dict[str, str]:
+    "The thread-count variables a template's kernel gets: one thread, or `HB_KERNEL_THREADS` (else `OMP_NUM_THREADS`) where set."
+    n = os.environ.get("HB_KERNEL_THREADS") or os.environ.get("OMP_NUM_THREADS") or "1"
+    if not n.strip().isdigit() or int(n) < 1:
+        raise InputError(f"HB_KERNEL_THREADS (or OMP_NUM_THREADS) must be a whole number >= 1; got {n!r}")
+    return {v: str(int(n)) for v in THREAD_VARIABLES}
+
 @functools.cache
 def _kernel_manager_base():
     from jupyter_client.manager import AsyncKernelManager
@@ -376,6 +406,7 @@ def _kernel_manager_base():
             super().write_connection_file(**kw)
 
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            kw["env"] = {**(kw.get("env") or os.environ), **kernel_threads()}
             await super()._async_launch_kernel(kernel_cmd, **kw)
             self.kernel_process = getattr(self.provisioner, "process", None)
     return RunKernelManager
@@ -512,7 +543,9 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
     `TemplateRunError` on failure and `Interrupted` on Ctrl-C or SIGTERM, after marking the manifest."""
     path = template_path(name)
     full = validate(path, params)
+    kernel_threads()   # a bad HB_KERNEL_THREADS fails here, before a folder is claimed or a kernel starts
     run_dir = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"healthbench-{path.stem}-"))
+    previous = _set_aside(Path(out_dir)) if out_dir is not None and Path(out_dir).is_dir() else None
     claim = _claim(run_dir, by="healthbench run")
     run_dir = run_dir.resolve()
     if "out_dir" in full: full["out_dir"] = str(run_dir)
@@ -525,6 +558,7 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
     manifest = dict(template=path.stem, template_file=None if bundled else str(path.resolve()),
                     template_sha256=_sha256(path), parameters=full, versions=versions(),
                     seed=full.get("seed"), started=_now(), status="running")
+    if previous is not None: manifest["previous_attempt"] = str(previous.resolve())
     _write_manifest(run_dir, manifest)
     error, state, t0 = None, _Execution(), time.perf_counter()
     with _interrupts(state):

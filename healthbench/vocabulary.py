@@ -8,12 +8,13 @@ Docs: https://github.com/healthbench/healthbench/vocabulary.html.md"""
 from __future__ import annotations
 import datetime as _dt
 import pyarrow as pa
-from .schema import arrow_schema
+from .schema import arrow_schema, ddl_kind, omop_fields
 
 # %% auto #0
 __all__ = ['CONCEPTS', 'HIERARCHY', 'GENDER', 'CONDITION', 'DRUG_CLASS', 'DRUG', 'ANTIHYPERTENSIVES', 'MEASUREMENT', 'UNIT',
-           'SMOKING', 'IMD_CONCEPT', 'RACE', 'VISIT', 'TYPE', 'CDM_V54_CONCEPT', 'ETHNIC_GROUPS', 'concept_table',
-           'concept_ancestor_table']
+           'SMOKING', 'IMD_CONCEPT', 'RACE', 'VISIT', 'TYPE', 'CDM_V54_CONCEPT', 'ETHNIC_GROUPS', 'SOURCE_CODES',
+           'UNVERIFIED_CODES', 'PROCEDURE', 'DEPRECATED_END', 'official_arrow_schema', 'official_create_sql',
+           'concept_relationship_table', 'concept_table', 'concept_ancestor_table']
 
 # %% ../nbs/01a_vocabulary.ipynb #c0524743
 # (concept_id, concept_name, domain_id, vocabulary_id, concept_class_id, standard_concept, concept_code)
@@ -55,6 +56,9 @@ CONCEPTS: tuple[tuple, ...] = (
     (1367500, "losartan", "Drug", "RxNorm", "Ingredient", "S", "52175"),  # checked by id and name only
     (1316354, "bendroflumethiazide", "Drug", "RxNorm", "Ingredient", "S", "1369"),
     (978555, "indapamide", "Drug", "RxNorm", "Ingredient", "S", "5764"),
+    # --- procedures (SNOMED; ids, names and codes as in the Eunomia GiBleed vocabulary in ../shared/data) ---
+    (4216130, "Percutaneous coronary intervention", "Procedure", "SNOMED", "Procedure", "S", "415070008"),
+    (4336464, "Coronary artery bypass graft", "Procedure", "SNOMED", "Procedure", "S", "232717009"),
     # --- measurements (LOINC; SNOMED for cholesterol, which UK records in mmol/L) ---
     (3004249, "Systolic blood pressure", "Measurement", "LOINC", "Clinical Observation", "S", "8480-6"),
     (3012888, "Diastolic blood pressure", "Measurement", "LOINC", "Clinical Observation", "S", "8462-4"),
@@ -136,16 +140,146 @@ CDM_V54_CONCEPT = 756265
 ETHNIC_GROUPS = {"White": 0.817, "Asian or Asian British": 0.093, "Black, Black British, Caribbean or African": 0.040,
                  "Mixed or Multiple ethnic groups": 0.029, "Other ethnic group": 0.021}
 
+# %% ../nbs/01a_vocabulary.ipynb #91f06188
+#: Source concepts of the UK coding systems the synthetic CDM records (standard_concept NULL), one row each:
+#: (concept_id, vocabulary_id, concept_code, concept_name, domain_id, concept_class_id, maps_to, invalid_reason, replaced_by).
+#: `maps_to` is the standard concept of `CONCEPTS` a 'Maps to' row points at (None: deliberately unmapped); a deprecated
+#: code (`invalid_reason` 'U') has `replaced_by` = the current source concept a 'Concept replaced by' row points at.
+#: Concept ids are local (2,000,000,000 and up, OMOP's range for local concepts): none of these was verified as a real
+#: OMOP concept id, so none is claimed. The codes are real codes of their systems; `UNVERIFIED_CODES` lists those whose
+#: code or term was not checked against a published source.
+_R, _I, _O, _M, _S = 2_000_001_000, 2_000_002_000, 2_000_003_000, 2_000_004_000, 2_000_005_000
+SOURCE_CODES: tuple[tuple, ...] = (
+    # --- Read v2 (7-character: 5-character code + 2-character term code), primary care before 2018-04-01 ---
+    (_R + 1, "Read", "C10F.00", "Type 2 diabetes mellitus", "Condition", "Read", 201826, None, None),
+    (_R + 2, "Read", "C10F600", "Type 2 diabetes mellitus with retinopathy", "Condition", "Read", 4226121, None, None),
+    (_R + 3, "Read", "C10F200", "Type 2 diabetes mellitus with neurological complications", "Condition", "Read", 37016354, None, None),
+    (_R + 4, "Read", "G20..00", "Essential hypertension", "Condition", "Read", 320128, None, None),
+    (_R + 5, "Read", "G20z.00", "Essential hypertension NOS", "Condition", "Read", None, None, None),   # unmapped on purpose
+    (_R + 6, "Read", "G2...00", "Hypertensive disease", "Condition", "Read", 316866, None, None),
+    (_R + 7, "Read", "G22..00", "Hypertensive renal disease", "Condition", "Read", 201313, None, None),
+    (_R + 8, "Read", "G573000", "Atrial fibrillation", "Condition", "Read", 313217, None, None),
+    (_R + 9, "Read", "G573200", "Paroxysmal atrial fibrillation", "Condition", "Read", 4154290, None, None),
+    (_R + 10, "Read", "1Z1..00", "Chronic renal impairment", "Condition", "Read", 46271022, None, None),
+    (_R + 11, "Read", "1Z12.00", "Chronic kidney disease stage 3", "Condition", "Read", 443597, None, None),
+    (_R + 12, "Read", "1Z13.00", "Chronic kidney disease stage 4", "Condition", "Read", 443612, None, None),
+    (_R + 13, "Read", "G30..00", "Acute myocardial infarction", "Condition", "Read", 312327, None, None),
+    (_R + 14, "Read", "G32..00", "Old myocardial infarction", "Condition", "Read", 314666, None, None),
+    (_R + 15, "Read", "G61..00", "Intracerebral haemorrhage", "Condition", "Read", 376713, None, None),
+    (_R + 16, "Read", "G64..00", "Cerebral arterial occlusion", "Condition", "Read", 443454, None, None),
+    (_R + 17, "Read", "G66..00", "Stroke and cerebrovascular accident unspecified", "Condition", "Read", 381316, None, None),
+    (_R + 18, "Read", "2469.00", "O/E - Systolic BP reading", "Measurement", "Read", 3004249, None, None),
+    (_R + 19, "Read", "246A.00", "O/E - Diastolic BP reading", "Measurement", "Read", 3012888, None, None),
+    (_R + 20, "Read", "22K..00", "Body Mass Index", "Measurement", "Read", 3038553, None, None),
+    (_R + 21, "Read", "44P..00", "Serum cholesterol", "Measurement", "Read", 4008265, None, None),
+    (_R + 22, "Read", "44P5.00", "Serum HDL cholesterol level", "Measurement", "Read", 4101713, None, None),
+    (_R + 23, "Read", "42W5.00", "Haemoglobin A1c level - IFCC standardised", "Measurement", "Read", 3004410, None, None),
+    # --- ICD-10 (WHO), hospital episodes; codes as OMOP stores them (dotted) ---
+    (_I + 1, "ICD10", "E11", "Non-insulin-dependent diabetes mellitus", "Condition", "ICD10 Hierarchy", 201826, None, None),
+    (_I + 2, "ICD10", "E11.3", "Non-insulin-dependent diabetes mellitus with ophthalmic complications", "Condition", "ICD10 code", 4226121, None, None),
+    (_I + 3, "ICD10", "E11.4", "Non-insulin-dependent diabetes mellitus with neurological complications", "Condition", "ICD10 code", 37016354, None, None),
+    (_I + 4, "ICD10", "I10", "Essential (primary) hypertension", "Condition", "ICD10 code", 320128, None, None),
+    (_I + 5, "ICD10", "I12.9", "Hypertensive renal disease without renal failure", "Condition", "ICD10 code", 201313, None, None),
+    (_I + 6, "ICD10", "I48", "Atrial fibrillation and flutter", "Condition", "ICD10 code", 313217, None, None),
+    (_I + 7, "ICD10", "N18.3", "Chronic kidney disease, stage 3", "Condition", "ICD10 code", 443597, None, None),
+    (_I + 8, "ICD10", "N18.4", "Chronic kidney disease, stage 4", "Condition", "ICD10 code", 443612, None, None),
+    (_I + 9, "ICD10", "I21", "Acute myocardial infarction", "Condition", "ICD10 Hierarchy", 312327, None, None),
+    (_I + 10, "ICD10", "I21.0", "Acute transmural myocardial infarction of anterior wall", "Condition", "ICD10 code", 312327, None, None),
+    (_I + 11, "ICD10", "I21.1", "Acute transmural myocardial infarction of inferior wall", "Condition", "ICD10 code", 312327, None, None),
+    (_I + 12, "ICD10", "I21.4", "Acute subendocardial myocardial infarction", "Condition", "ICD10 code", 312327, None, None),
+    (_I + 13, "ICD10", "I21.9", "Acute myocardial infarction, unspecified", "Condition", "ICD10 code", 4329847, None, None),
+    (_I + 14, "ICD10", "I25.2", "Old myocardial infarction", "Condition", "ICD10 code", 314666, None, None),
+    (_I + 15, "ICD10", "I61", "Intracerebral haemorrhage", "Condition", "ICD10 Hierarchy", 376713, None, None),
+    (_I + 16, "ICD10", "I61.0", "Intracerebral haemorrhage in hemisphere, subcortical", "Condition", "ICD10 code", 376713, None, None),
+    (_I + 17, "ICD10", "I61.9", "Intracerebral haemorrhage, unspecified", "Condition", "ICD10 code", 376713, None, None),
+    (_I + 18, "ICD10", "I63", "Cerebral infarction", "Condition", "ICD10 Hierarchy", 443454, None, None),
+    (_I + 19, "ICD10", "I63.4", "Cerebral infarction due to embolism of cerebral arteries", "Condition", "ICD10 code", 443454, None, None),
+    (_I + 20, "ICD10", "I63.5", "Cerebral infarction due to unspecified occlusion or stenosis of cerebral arteries", "Condition", "ICD10 code", 443454, None, None),
+    (_I + 21, "ICD10", "I63.9", "Cerebral infarction, unspecified", "Condition", "ICD10 code", 443454, None, None),
+    (_I + 22, "ICD10", "I64", "Stroke, not specified as haemorrhage or infarction", "Condition", "ICD10 code", 381316, None, None),
+    # --- OPCS-4, hospital procedures ---
+    (_O + 1, "OPCS4", "K75.1", "Percutaneous transluminal balloon angioplasty and insertion of 1-2 drug-eluting stents into coronary artery", "Procedure", "OPCS4", 4216130, None, None),
+    (_O + 2, "OPCS4", "K75.2", "Percutaneous transluminal balloon angioplasty and insertion of 3 or more drug-eluting stents into coronary artery", "Procedure", "OPCS4", 4216130, None, None),
+    (_O + 3, "OPCS4", "K75.3", "Percutaneous transluminal balloon angioplasty and insertion of 1-2 stents into coronary artery NEC", "Procedure", "OPCS4", 4216130, None, None),
+    (_O + 4, "OPCS4", "K75.8", "Other specified percutaneous transluminal balloon angioplasty and insertion of stent into coronary artery", "Procedure", "OPCS4", None, None, None),   # unmapped on purpose
+    (_O + 5, "OPCS4", "K40.1", "Saphenous vein graft replacement of one coronary artery", "Procedure", "OPCS4", 4336464, None, None),
+    (_O + 6, "OPCS4", "K40.2", "Saphenous vein graft replacement of two coronary arteries", "Procedure", "OPCS4", 4336464, None, None),
+    (_O + 7, "OPCS4", "K40.3", "Saphenous vein graft replacement of three coronary arteries", "Procedure", "OPCS4", 4336464, None, None),
+    # --- dm+d virtual medicinal products (VMP), primary-care prescriptions ---
+    (_M + 1, "dm+d", "39733011000001106", "Atorvastatin 20mg tablets", "Drug", "VMP", 1545958, None, None),
+    (_M + 2, "dm+d", "39733111000001107", "Atorvastatin 40mg tablets", "Drug", "VMP", 1545958, None, None),
+    (_M + 3, "dm+d", "320030001", "Atorvastatin 20mg tablets", "Drug", "VMP", None, "U", _M + 1),   # the VMP's earlier id
+    (_M + 4, "dm+d", "42381911000001105", "Simvastatin 10mg tablets", "Drug", "VMP", 1539403, None, None),
+    (_M + 5, "dm+d", "319996000", "Simvastatin 10mg tablets", "Drug", "VMP", None, "U", _M + 4),    # the VMP's earlier id
+    (_M + 6, "dm+d", "320006003", "Simvastatin 80mg tablets", "Drug", "VMP", 1539403, None, None),
+    (_M + 7, "dm+d", "42297211000001100", "Rosuvastatin 10mg tablets", "Drug", "VMP", 1510813, None, None),
+    (_M + 8, "dm+d", "42380011000001102", "Pravastatin 40mg tablets", "Drug", "VMP", 1551860, None, None),
+    (_M + 9, "dm+d", "325278007", "Metformin 500mg tablets", "Drug", "VMP", 1503297, None, None),
+    (_M + 10, "dm+d", "39732011000001102", "Amlodipine 5mg tablets", "Drug", "VMP", 1332418, None, None),
+    (_M + 11, "dm+d", "318906001", "Ramipril 5mg capsules", "Drug", "VMP", 1334456, None, None),
+    (_M + 12, "dm+d", "318873002", "Lisinopril 10mg tablets", "Drug", "VMP", 1308216, None, None),
+    (_M + 13, "dm+d", "318956006", "Losartan 50mg tablets", "Drug", "VMP", 1367500, None, None),
+    (_M + 14, "dm+d", "317919004", "Bendroflumethiazide 2.5mg tablets", "Drug", "VMP", 1316354, None, None),
+    (_M + 15, "dm+d", "317972001", "Indapamide 2.5mg tablets", "Drug", "VMP", 978555, None, None),
+    # --- SNOMED CT codes of measurements whose standard concept is LOINC (non-standard here) ---
+    (_S + 1, "SNOMED", "271649006", "Systolic blood pressure", "Measurement", "Observable Entity", 3004249, None, None),
+    (_S + 2, "SNOMED", "271650006", "Diastolic blood pressure", "Measurement", "Observable Entity", 3012888, None, None),
+    (_S + 3, "SNOMED", "60621009", "Body mass index", "Measurement", "Observable Entity", 3038553, None, None),
+    (_S + 4, "SNOMED", "999791000000106", "Haemoglobin A1c level - IFCC standardised", "Measurement", "Observable Entity", 3004410, None, None),
+)
+#: codes whose term (or code) was taken from memory, not checked against a published list: treat as illustrative
+UNVERIFIED_CODES = frozenset({("Read", "C10F600"), ("Read", "C10F200"), ("Read", "G573000"), ("Read", "G573200"),
+                              ("Read", "1Z1..00"), ("dm+d", "318906001"), ("dm+d", "318873002"), ("dm+d", "318956006"),
+                              ("dm+d", "317919004"), ("dm+d", "317972001")})
+
+# %% ../nbs/01a_vocabulary.ipynb #0a7bcede
+PROCEDURE = {"percutaneous_coronary_intervention": 4216130, "coronary_artery_bypass_graft": 4336464}
+DEPRECATED_END = _dt.date(2019, 12, 31)   # last valid day of the deprecated source codes (dm+d's earlier VMP ids)
+
+def _arrow_type(datatype: str) -> pa.DataType:
+    kind = ddl_kind(datatype)
+    if kind == "integer": return pa.int64() if datatype.lower() == "bigint" else pa.int32()
+    return {"float": pa.float64(), "string": pa.string(), "date": pa.date32(), "datetime": pa.timestamp("us")}[kind]
+
+def official_arrow_schema(table: str) -> pa.Schema:
+    "Arrow schema of an OMOP v5.4 table from the official field list (for tables beyond `schema.CDM_TABLES`)."
+    return pa.schema([pa.field(f, _arrow_type(d), nullable=not req) for f, d, req in omop_fields("5.4")[table]])
+
+def official_create_sql(table: str) -> str:
+    "DuckDB `CREATE TABLE` for an OMOP v5.4 table from the official field list."
+    sql = {pa.int32(): "INTEGER", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR",
+           pa.date32(): "DATE", pa.timestamp("us"): "TIMESTAMP"}
+    cols = ",\n  ".join(f"{f.name} {sql[f.type]}{'' if f.nullable else ' NOT NULL'}" for f in official_arrow_schema(table))
+    return f"CREATE TABLE {table} (\n  {cols}\n)"
+
+def concept_relationship_table() -> pa.Table:
+    """'Maps to' (and the reverse 'Mapped from') from each mapped source concept to its standard concept, and
+    'Concept replaced by' (and 'Concept replaces') from each deprecated source concept to its successor."""
+    rows = []
+    for cid, *_, maps_to, _invalid, replaced_by in SOURCE_CODES:
+        if maps_to is not None: rows += [(cid, maps_to, "Maps to"), (maps_to, cid, "Mapped from")]
+        if replaced_by is not None: rows += [(cid, replaced_by, "Concept replaced by"), (replaced_by, cid, "Concept replaces")]
+    a, b, r = zip(*sorted(rows))
+    n = len(rows)
+    return pa.Table.from_pydict(dict(concept_id_1=a, concept_id_2=b, relationship_id=r, valid_start_date=[_VALID_START] * n,
+                                     valid_end_date=[_VALID_END] * n, invalid_reason=[None] * n),
+                                schema=official_arrow_schema("concept_relationship"))
+
 # %% ../nbs/01a_vocabulary.ipynb #b7c0358c
 _VALID_START, _VALID_END = _dt.date(1970, 1, 1), _dt.date(2099, 12, 31)
 
 def concept_table() -> pa.Table:
-    "The bundled `concept` rows as an Arrow table with the OMOP v5.4 schema."
+    "The bundled `concept` rows (standard concepts, then the UK source concepts) as an Arrow table with the OMOP v5.4 schema."
     cols = list(zip(*CONCEPTS))
     n = len(CONCEPTS)
     data = dict(concept_id=cols[0], concept_name=cols[1], domain_id=cols[2], vocabulary_id=cols[3],
                 concept_class_id=cols[4], standard_concept=cols[5], concept_code=cols[6],
                 valid_start_date=[_VALID_START] * n, valid_end_date=[_VALID_END] * n, invalid_reason=[None] * n)
+    for cid, vocab, code, name, domain, cls, _maps, invalid, _by in SOURCE_CODES:   # source concepts: non-standard
+        for k, v in dict(concept_id=cid, concept_name=name, domain_id=domain, vocabulary_id=vocab, concept_class_id=cls,
+                         standard_concept=None, concept_code=code, valid_start_date=_VALID_START,
+                         valid_end_date=DEPRECATED_END if invalid else _VALID_END, invalid_reason=invalid).items():
+            data[k] = [*data[k], v]
     return pa.Table.from_pydict(data, schema=arrow_schema("concept"))
 
 def concept_ancestor_table() -> pa.Table:

@@ -20,7 +20,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from healthbench.errors import Interrupted, TemplateError, TemplateRunError
+from healthbench.errors import InputError, Interrupted, TemplateError, TemplateRunError
 from healthbench.templates import CLAIM_FILE, _sha256, run
 
 EXE = shutil.which("healthbench") or str(Path(sys.executable).with_name("healthbench"))
@@ -270,3 +270,43 @@ def test_verify_refuses_a_planted_notebook_and_runs_a_named_one(tmp_path):
     (received / "manifest.json").write_text(json.dumps(m))
     p = subprocess.run([EXE, "verify", str(received), "--template", str(nb), "--quiet"], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "all result tables identical" in p.stdout, p.stdout + p.stderr
+
+
+def test_kernel_runs_numerical_libraries_on_one_thread(tmp_path, monkeypatch):
+    "A template's kernel gets one thread per numerical library (OpenMP spin-waits oversubscribe shared cores); HB_KERNEL_THREADS overrides."
+    cell = ("import json, threadpoolctl, sklearn.ensemble\n"
+            "info = threadpoolctl.threadpool_info()\n"
+            "json.dump({'env': os.environ.get('OMP_NUM_THREADS'), 'openmp': sorted({i['num_threads'] for i in info if i['user_api'] == 'openmp'})},"
+            " open(os.path.join(out, 'threads.json'), 'w'))")
+    nb = template(tmp_path, "threads", cell)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("HB_KERNEL_THREADS", raising=False)
+    run(nb, {}, tmp_path / "one", progress=False)
+    got = json.loads((tmp_path / "one" / "threads.json").read_text())
+    assert got["env"] == "1" and got["openmp"] == [1], got
+    monkeypatch.setenv("HB_KERNEL_THREADS", "2")
+    run(nb, {}, tmp_path / "two", progress=False)
+    got = json.loads((tmp_path / "two" / "threads.json").read_text())
+    assert got["env"] == "2" and got["openmp"] == [2], got
+    monkeypatch.setenv("HB_KERNEL_THREADS", "lots")
+    with pytest.raises(InputError, match="HB_KERNEL_THREADS"):
+        run(nb, {}, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_failed_run_is_set_aside_and_repeated(tmp_path):
+    "A run that failed does not block its re-run: its folder is renamed to <folder>.failed-N (nothing deleted) and recorded."
+    nb = template(tmp_path, "flaky", "if fail: raise ValueError('boom')\nopen(os.path.join(out, 'done.txt'), 'w').write('ok')",
+                  params="fail: bool = True")
+    with pytest.raises(TemplateRunError, match="boom"):
+        run(nb, {}, tmp_path / "r", progress=False)
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["status"] == "failed"
+    r = run(nb, {"fail": False}, tmp_path / "r", progress=False)
+    assert r.status == "succeeded" and (tmp_path / "r" / "done.txt").read_text() == "ok"
+    old = tmp_path / "r.failed-1"
+    assert json.loads((old / "manifest.json").read_text())["status"] == "failed" and not (old / "done.txt").exists()
+    assert r.manifest["previous_attempt"] == str(old.resolve())
+    # a succeeded run is never set aside: its folder is refused as before
+    with pytest.raises(TemplateError, match="already claimed"):
+        run(nb, {"fail": False}, tmp_path / "r", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r")) == ["r", "r.failed-1"]
