@@ -282,6 +282,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "opcs4, dmd; default: from a column name or the codes' shape, where that tells it")
     c.add_argument("--code-column", help="the CSV column holding the codes (default: the one column named like one)")
     c.add_argument("--ctv3-map", metavar="FILE", help="a CTV3 -> SNOMED CT map (CSV), needed for CTV3 lists")
+    c.add_argument("--bnf-map", metavar="FILE", help="a BNF -> dm+d map (CSV), for BNF lists on a CDM without a local BNF vocabulary")
     c.add_argument("--out", metavar="REPORT.csv", help="also write the per-code report of every list to this new CSV file (never overwritten)")
     c.set_defaults(func=_codelist)
     return p
@@ -344,8 +345,8 @@ def _codelist(args) -> int:
     if out is not None:
         if os.path.lexists(out): raise InputError(f"--out {str(out)!r} already exists; choose another name (nothing is overwritten)")
         _writable_folder(out.parent, out, create=False)
-    if args.ctv3_map is not None and not Path(args.ctv3_map).is_file():
-        raise InputError(f"--ctv3-map {args.ctv3_map!r} {'is not a file' if Path(args.ctv3_map).exists() else 'does not exist'}")
+    for flag, f in (("--ctv3-map", args.ctv3_map), ("--bnf-map", args.bnf_map)):
+        if f is not None and not Path(f).is_file(): raise InputError(f"{flag} {f!r} {'is not a file' if Path(f).exists() else 'does not exist'}")
     lists = _codelists_of(args)
     ctv3 = [name for name, cl in lists.items() if cl.system == "CTV3"]
     if ctv3 and args.ctv3_map is None:
@@ -362,7 +363,7 @@ def _codelist(args) -> int:
         for name, cl in lists.items():
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                report = mapping_report(cdm, cl, ctv3_map=args.ctv3_map)
+                report = mapping_report(cdm, cl, ctv3_map=args.ctv3_map, bnf_map=args.bnf_map)
             print(f"\n== {name} ({cl.system}, {len(cl.codes)} codes" + (f", {len(cl.exclude)} excluded" if cl.exclude else "") + ") ==")
             for measure, value in report_summary(report).itertuples(index=False): print(f"  {measure + ':':<29}{value}")
             print()

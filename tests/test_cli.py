@@ -182,6 +182,7 @@ CODELIST_BAD_INPUT = [
     (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "ctv3"], "in CTV3, which OMOP has no vocabulary for: pass --ctv3-map FILE"),
     (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "ctv3", "--ctv3-map", "nosuch.csv"], "--ctv3-map 'nosuch.csv' does not exist"),
     (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "icd10", "--out", "file.txt/r.csv"], "'file.txt' is a file, not a folder"),
+    (["codelist", "mi.txt", "--cdm", "{cdm}", "--system", "bnf", "--bnf-map", "lists"], "--bnf-map 'lists' is not a file"),
 ]
 
 
