@@ -513,6 +513,20 @@ class SafeTable:
         return (f"pass; {self.method}: {n1} cells {how} (primary)" + (f", {n2} more (secondary)" if n2 else "")
                 + f"; original check: {self.check.summary.strip()}")
 
+    @property
+    def marked(self) -> pd.DataFrame:
+        "The table as it is written out: hidden cells marked [c] (the ONS marker), whole-number columns as integers."
+        from healthbench.counted import SUPPRESSED
+        hidden = self.table.isna().to_numpy() & self.check.table.notna().to_numpy()
+        t = self.table.copy()
+        for c in t.columns:
+            v = t[c].dropna()
+            if pd.api.types.is_float_dtype(t[c]) and len(v) and (v == v.round()).all(): t[c] = t[c].round().astype("Int64")
+        return t.astype(object).mask(hidden, SUPPRESSED)
+
+    def __repr__(self): return f"{self.summary}\n{self.marked!r}"
+    def _repr_html_(self): return f"<p>{html.escape(self.summary)}</p>{self.marked.to_html()}"
+
     def __repr__(self): return f"SafeTable({self.name!r}: {self.summary})"
 
 def _is_count_table(check: TableCheck) -> bool:

@@ -228,3 +228,13 @@ def test_codelist_gibleed_folder(gibleed, tmp_path):
     assert len(rows) == 1 + 5 and any(l.startswith("opensafely-gi-bleed,ICD10,K922,") for l in rows)
     r = run("codelist", str(FIXTURES / "gi_bleed_read_old.csv"), "--cdm", str(gibleed), cwd=tmp_path)   # 'Read code' column: Read v2
     assert r.returncode == 0 and "(Read, 3 codes)" in r.stdout, r.stderr
+
+
+def test_example_params_file_is_valid(synthetic):
+    "The README's example parameters file reads (as `-f` reads it) and passes predict's checks on a synthetic CDM."
+    from healthbench.cli import _params_file
+    from healthbench.templates import validate
+    params = _params_file(str(Path(__file__).resolve().parents[1] / "examples" / "predict.yaml"))
+    assert params == {"cdm_path": "cdm.duckdb", "seed": 1, "horizon_days": 1825}     # the commented lines are examples
+    full = validate("predict", {**params, "cdm_path": str(synthetic)})
+    assert (full["seed"], full["horizon_days"], full["cdm_path"]) == (1, 1825, str(synthetic))
