@@ -6,6 +6,7 @@ Docs: https://github.com/healthbench/healthbench/release.html.md"""
 
 # %% ../nbs/07b_release.ipynb #c0e456e1
 from __future__ import annotations
+import atexit
 import datetime as dt
 import hashlib
 import html
@@ -223,7 +224,9 @@ class Session:
                  source: str | None = None):
         self.rules = rules or uk_default()
         if not isinstance(self.rules, Rules): raise InputError(f"rules must be a Rules value; got {type(self.rules).__name__}")
-        if folder is None: self.folder = Path(tempfile.mkdtemp(prefix="healthbench-outputs-"))
+        if folder is None:   # a working folder in the temp folder: removed at exit once finalised (or never used)
+            self.folder = Path(tempfile.mkdtemp(prefix="healthbench-outputs-"))
+            atexit.register(_drop_working_folder, self.folder, self)
         else:
             self.folder = Path(folder)
             if self.folder.exists() and (not self.folder.is_dir() or any(self.folder.iterdir())):
@@ -608,7 +611,13 @@ def finalise(session: Session, folder: str | Path) -> Path:
     (folder / "summary.html").write_text(_summary_html(session, released, withheld))
     if session.ledger is not None and session.source is not None:
         session.ledger.record(session.source, str(folder.resolve()), {o.name: o.populations for o in released if o.populations})
+    session.finalised = folder
     return folder
+
+def _drop_working_folder(folder: Path, session):
+    "At exit: a session's own temporary working folder goes once its outputs were finalised into a bundle, or if it is empty."
+    if getattr(session, "finalised", None) is not None or (folder.is_dir() and not any(folder.iterdir())):
+        shutil.rmtree(folder, ignore_errors=True)
 
 Session.finalise = finalise
 

@@ -6,6 +6,7 @@ Docs: https://github.com/healthbench/healthbench/templates.html.md"""
 
 # %% ../nbs/09_templates.ipynb #0c880e2d
 from __future__ import annotations
+import atexit
 import contextlib
 import datetime as dt
 import functools
@@ -14,6 +15,7 @@ import itertools
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import tempfile
@@ -362,6 +364,7 @@ def kernel_name() -> str:
     "A kernelspec for this very Python, so a template runs in the environment healthbench runs in (not whatever 'python3' points to)."
     from ipykernel.kernelspec import write_kernel_spec
     name, d = "healthbench-python", Path(tempfile.mkdtemp(prefix="healthbench-kernels-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)   # made by this process, for this process: not left in the temp folder
     write_kernel_spec(d / "kernels" / name, overrides={"display_name": f"healthbench ({sys.executable})"})
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(d)] + [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p])
     return name
@@ -380,6 +383,7 @@ def _kernel_manager_base():
     from jupyter_client.manager import AsyncKernelManager
     from traitlets import default
     ipc = tempfile.mkdtemp(prefix="hb-ipc-") if os.name == "posix" else None   # absolute: the kernel runs in the run folder
+    if ipc: atexit.register(shutil.rmtree, ipc, ignore_errors=True)
 
     class RunKernelManager(AsyncKernelManager):
         """The kernel of one run. Its connection file carries the run folder's claim token (only that kernel reads

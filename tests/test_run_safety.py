@@ -310,3 +310,34 @@ def test_failed_run_is_set_aside_and_repeated(tmp_path):
     with pytest.raises(TemplateError, match="already claimed"):
         run(nb, {"fail": False}, tmp_path / "r", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r")) == ["r", "r.failed-1"]
+
+
+def test_kernel_folders_are_removed_at_exit(tmp_path):
+    "The private kernelspec and IPC folders a process makes in the temp folder are gone when it exits (561 were left in /tmp)."
+    nb = template(tmp_path, "quick", "x = 1")
+    code = ("import os, sys, json\nfrom healthbench.templates import run, kernel_name, _kernel_manager_base\n"
+            f"run({str(nb)!r}, {{}}, {str(tmp_path / 'r')!r}, progress=False)\n"
+            "spec = os.environ['JUPYTER_PATH'].split(os.pathsep)[0]\n"
+            "ipc = os.path.dirname(_kernel_manager_base()().ip) if os.name == 'posix' else ''\n"
+            "print(json.dumps([spec, ipc]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    spec, ipc = json.loads(p.stdout.strip().splitlines()[-1])
+    assert "healthbench-kernels-" in spec and "hb-ipc-" in ipc
+    assert not os.path.exists(spec) and not os.path.exists(ipc)
+
+
+def test_session_working_folder_in_temp_is_removed_once_finalised(tmp_path):
+    "A Session without a folder works in the temp folder; that folder goes at exit once finalised (its outputs are in the bundle), else stays."
+    code = ("import json, pandas as pd\nfrom healthbench.release import Session\n"
+            "a, b = Session(), Session()\n"
+            "t = pd.DataFrame({'n': [40, 50]}, index=['x', 'y'])\n"
+            "a.table('t', t, counts=t); b.table('t', t, counts=t)\n"
+            f"a.finalise({str(tmp_path / 'bundle')!r})\n"
+            "print(json.dumps([str(a.folder), str(b.folder)]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    done, kept = json.loads(p.stdout.strip().splitlines()[-1])
+    assert not os.path.exists(done) and (tmp_path / "bundle" / "t.csv").exists()
+    assert os.path.isdir(kept) and os.listdir(kept)          # not finalised: its outputs are kept
+    shutil.rmtree(kept)
