@@ -7,8 +7,9 @@ and the count shown must be the engine's own count for that JSON, formatted by `
 
 Needs Debian's `chromium` (`apt-get install chromium`) and the `playwright` Python package (the `dev` extra); no
 browser download. Without chromium the test is skipped, unless `HB_REQUIRE_BROWSER=1` (set by `.ci/run`), where it
-fails. Skip it locally with `-m 'not browser'`. A screenshot goes to the test's tmp_path and to
-`tests/browser-artifacts/cohort_builder.png`.
+fails. Skip it locally with `-m 'not browser'`. At a common laptop width (1366 px), in each section of the builder, every
+control must lie inside the notebook's output area and none may overlap another. Screenshots go to the test's tmp_path
+and to `tests/browser-artifacts/` (`cohort_builder.png`, `cohort_builder_layout.png`).
 """
 import json, os, re, shutil, signal, socket, subprocess, sys, time, secrets, urllib.request
 from pathlib import Path
@@ -41,6 +42,12 @@ def _free_port() -> int:
 
 def _get(url: str, timeout: float = 5):
     with urllib.request.urlopen(url, timeout=timeout) as r: return json.loads(r.read() or b"null")
+
+
+def _kernels(base: str, token: str) -> list:
+    "The server's kernels; [] while it cannot say (a starting server has answered 500 here once)."
+    try: return _get(f"{base}/api/kernels?token={token}") or []
+    except OSError: return []
 
 
 def _stat(pid: int):
@@ -147,6 +154,31 @@ STATE_JS = """() => { const q = s => document.querySelector(s);
           rules: document.querySelectorAll('.hb-rule').length, log: window.__hbStatus || []}; }"""
 
 
+# the builder's controls in its output area: each inside the area, none overlapping another (boxes in CSS pixels)
+LAYOUT_JS = """() => {
+  const area = document.querySelector('.hb-count')?.closest('.jp-OutputArea-output');
+  if (!area) return {controls: 0, problems: ['no output area holding the builder']};
+  const sel = ['.widget-button', '.widget-toggle-button', '.widget-text input', '.widget-textarea textarea',
+    '.widget-dropdown select', '.widget-select select', '.widget-slider', '.widget-checkbox', '.widget-radio-box',
+    '.widget-tagsinput', '.widget-label', '.widget-html-content'].join(',');
+  const shown = [...area.querySelectorAll(sel)].filter(e => { const r = e.getBoundingClientRect();
+    return r.width > 0 && r.height > 0 && e.offsetParent !== null && getComputedStyle(e).visibility !== 'hidden'; });
+  const leaves = shown.filter(e => !shown.some(o => o !== e && e.contains(o)));
+  const a = area.getBoundingClientRect(), problems = [];
+  const name = e => (e.className && e.className.baseVal === undefined ? e.className : e.tagName).toString().slice(0, 60)
+    + ' "' + (e.textContent || e.value || '').trim().slice(0, 30) + '"';
+  const boxes = leaves.map(e => [e, e.getBoundingClientRect()]);
+  for (const [e, r] of boxes)
+    if (r.left < a.left - 1 || r.right > a.right + 1) problems.push(`outside the output area: ${name(e)} [${Math.round(r.left)}-${Math.round(r.right)}] vs [${Math.round(a.left)}-${Math.round(a.right)}]`);
+  for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+    const [e, r] = boxes[i], [f, q] = boxes[j];
+    const w = Math.min(r.right, q.right) - Math.max(r.left, q.left), h = Math.min(r.bottom, q.bottom) - Math.max(r.top, q.top);
+    if (w > 1 && h > 1) problems.push(`overlap ${Math.round(w)}x${Math.round(h)} px: ${name(e)} / ${name(f)}`);
+  }
+  return {controls: leaves.length, problems};
+}"""
+
+
 def _settle(page, cond, what: str, timeout: float = 60):
     """Wait until `cond(state)` holds and the status says "up to date" — twice, 0.6 s apart (more than the debounce),
     so that a stale "up to date" between the change and its debounced regeneration is not taken for the answer."""
@@ -186,7 +218,7 @@ def test_cohort_builder_in_jupyterlab(tmp_path, chromium, lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True, timeout=120_000)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page = browser.new_page(viewport={"width": 1366, "height": 900})     # a common laptop screen
             page.set_default_timeout(60_000)
             page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
             page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
@@ -194,7 +226,7 @@ def test_cohort_builder_in_jupyterlab(tmp_path, chromium, lab):
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
             # the notebook's kernel is up and idle (the server's view of it, and the notebook toolbar's)
             deadline = time.monotonic() + 120
-            while not any(k.get("execution_state") == "idle" for k in _get(f"{base}/api/kernels?token={token}")):
+            while not any(k.get("execution_state") == "idle" for k in _kernels(base, token)):
                 assert time.monotonic() < deadline, "no idle kernel after 120 s"
                 time.sleep(0.3)
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
@@ -241,6 +273,23 @@ def test_cohort_builder_in_jupyterlab(tmp_path, chromium, lab):
             page.wait_for_timeout(500)
             page.locator(".hb-count").scroll_into_view_if_needed()
             page.screenshot(path=str(shot), full_page=False)
+
+            # layout at 1366 px, in every section of the builder as a person opens them: each control inside the
+            # output area, and no two controls overlapping
+            headers = page.locator(".hb-count").locator("xpath=ancestor::div[contains(@class,'jp-OutputArea-output')]") \
+                          .locator(".jupyter-widget-Collapse-header")
+            problems, sections = [], max(headers.count(), 1)
+            for k in range(sections):
+                if headers.count():
+                    h = headers.nth(k)
+                    if "jupyter-widget-Collapse-open" not in (h.locator("xpath=..").get_attribute("class") or ""): h.click()
+                    page.wait_for_timeout(400)
+                got = page.evaluate(LAYOUT_JS)
+                problems += [f"section {k}: {p}" for p in got["problems"]]
+                assert got["controls"] > 0, f"section {k}: no controls measured"
+            page.screenshot(path=str(tmp_path / "cohort_builder_layout.png"), full_page=False)
+            ARTIFACTS.mkdir(exist_ok=True); shutil.copyfile(tmp_path / "cohort_builder_layout.png", ARTIFACTS / "cohort_builder_layout.png")
+            assert not problems, "builder layout at 1366 px:\n" + "\n".join(problems[:20])
         finally:
             if not shot.exists():                   # a failure: the page as it was, for the artifacts
                 try: page.screenshot(path=str(shot))
