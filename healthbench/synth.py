@@ -23,8 +23,9 @@ from . import vocabulary as V
 # %% auto #0
 __all__ = ['STUDY_START', 'REGISTRATION_END', 'DATA_CUT', 'CHUNK_PERSONS', 'ETHNICITY_KEYS', 'COEFFICIENTS', 'WEIBULL_SCALE',
            'WEIBULL_SHAPE', 'MAX_PERSONS', 'MAX_SEED', 'SOURCE_CODES', 'UK_STREAM', 'SNOMED_FROM', 'EXTRA_TABLES',
-           'RECORDED_AS', 'EARLIER_ID', 'PCI_SHARE', 'CABG_SHARE', 'design_matrix', 'linear_predictor', 'true_risk',
-           'true_model', 'simulate_persons', 'generate', 'table_checksums']
+           'RECORDED_AS', 'EARLIER_ID', 'PCI_SHARE', 'CABG_SHARE', 'DX_STREAM', 'DX_HBA1C', 'DX_MONITORING',
+           'design_matrix', 'linear_predictor', 'true_risk', 'true_model', 'simulate_persons', 'generate',
+           'table_checksums']
 
 # %% ../nbs/02_synth.ipynb #dd7d88d8
 STUDY_START = _dt.date(2005, 1, 1)
@@ -246,8 +247,10 @@ _RACE = np.array([V.RACE["White"], V.RACE["Asian"], V.RACE["Black"], 0, 0], dtyp
 _ETHNIC_LABELS = pa.array(list(V.ETHNIC_GROUPS))
 
 # %% ../nbs/02_synth.ipynb #b556ab0d
-def _event_tables(b: dict, rng: np.random.Generator, ids: dict[str, int]) -> dict[str, pa.Table]:
-    "All clinical rows for one chunk of persons `b`; `ids` holds the next free id per table and is advanced."
+def _event_tables(b: dict, rng: np.random.Generator, ids: dict[str, int], rng_dx: np.random.Generator | None = None) -> dict[str, pa.Table]:
+    """All clinical rows for one chunk of persons `b`; `ids` holds the next free id per table and is advanced. With
+    `rng_dx` (a stream of its own, so that nothing else changes), incident type 2 diabetes comes with the HbA1c it was
+    diagnosed on and HbA1c monitoring after it."""
     n = len(b["person_id"])
     pid, start, end = b["person_id"], b["start"], b["end"]
     span = end - start
@@ -391,6 +394,12 @@ def _event_tables(b: dict, rng: np.random.Generator, ids: dict[str, int]) -> dic
     meas(has_lip, fu_lip, _M["hdl_cholesterol"], b["hdl"], np.maximum(b["hdl"][vi] + rng.normal(0, 0.15, nvis), 0.3), V.UNIT["mmol/L"], 2)
     meas(has_bmi, fu_bmi, _M["bmi"], b["bmi"], b["bmi"][vi] + 0.1 * yrs + rng.normal(0, 1, nvis), V.UNIT["kg/m2"], 1)
     meas(has_a1c, fu_a1c, _M["hba1c"], a1c, a1c[vi] + rng.normal(0, 4, nvis), V.UNIT["mmol/mol"], 0)
+    if rng_dx is not None:   # diagnosed on an HbA1c >= 48 mmol/mol (NICE NG28) that day, then checked at 30% of later visits
+        w = np.flatnonzero(incident_dm)
+        dx = np.zeros(n); dx[w] = np.maximum(rng_dx.normal(DX_HBA1C[0], DX_HBA1C[1], len(w)), 48)
+        M.append((w, dm_day[w], np.full(len(w), -1), _M["hba1c"], np.round(dx[w]), V.UNIT["mmol/mol"]))
+        f = np.flatnonzero(incident_dm[vi] & (v_day > dm_day[vi]) & (rng_dx.random(nvis) < DX_MONITORING))
+        M.append((vi[f], v_day[f], op_vid[f], _M["hba1c"], np.round(dx[vi[f]] - 6 + rng_dx.normal(0, 5, len(f))), V.UNIT["mmol/mol"]))
     mp = np.concatenate([x[0] for x in M]); mday = np.concatenate([x[1] for x in M]); mvis = np.concatenate([x[2] for x in M])
     mcon = np.concatenate([np.full(len(x[0]), x[3], np.int32) for x in M])
     mval = np.concatenate([x[4] for x in M]); munit = np.concatenate([np.full(len(x[0]), x[5], np.int32) for x in M])
@@ -398,7 +407,7 @@ def _event_tables(b: dict, rng: np.random.Generator, ids: dict[str, int]) -> dic
     out["measurement"] = _table("measurement", nm, measurement_id=ids["measurement"] + np.arange(nm),
         person_id=pid[mp], measurement_concept_id=mcon, measurement_date=mday,
         measurement_type_concept_id=np.full(nm, V.TYPE["ehr"], np.int32), value_as_number=mval,
-        unit_concept_id=munit, visit_occurrence_id=mvis)
+        unit_concept_id=munit, visit_occurrence_id=pa.array(mvis, pa.int64(), mask=mvis < 0))
     ids["measurement"] += nm
 
     # observations: smoking status (baseline, re-recorded at 15% of visits) and IMD quintile
@@ -474,6 +483,13 @@ PCI_SHARE, CABG_SHARE = 0.45, 0.08   # of MI admissions (acute or unspecified MI
 
 def _uk_rng(seed: int, chunk: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, chunk, UK_STREAM]))
+
+DX_STREAM = 0x444D             # 'DM': the HbA1c tests of incident diabetes, drawn from (seed, chunk, DX_STREAM)
+DX_HBA1C = (62.0, 10.0)        # mmol/mol at diagnosis: normal(mean, sd), at least 48 (the diagnostic threshold)
+DX_MONITORING = 0.3            # share of later visits with an HbA1c, as for diabetes at baseline
+
+def _dx_rng(seed: int, chunk: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, chunk, DX_STREAM]))
 
 def _written(vocabulary: str, code: str) -> str:
     "A code as the source system writes it: HES writes ICD-10 and OPCS-4 without the dot, a 3-character ICD-10 code with filler X."
@@ -604,7 +620,7 @@ def generate(n_persons: int, seed: int = 0, path: str | os.PathLike = "healthben
         with tqdm(total=n_persons, unit="persons", disable=not progress, desc="synthetic CDM") as bar:
             for k, first, n in _chunks(n_persons):
                 rng_b, rng_e = _chunk_rngs(seed, k)
-                tables = _uk_sources(_event_tables(_simulate_baseline(rng_b, first, n), rng_e, ids), _uk_rng(seed, k), ids)
+                tables = _uk_sources(_event_tables(_simulate_baseline(rng_b, first, n), rng_e, ids, _dx_rng(seed, k)), _uk_rng(seed, k), ids)
                 for name, table in tables.items(): _insert(con, name, table)
                 bar.update(n)
         con.execute("CHECKPOINT")

@@ -838,11 +838,14 @@ def prediction_models(numeric: list[str], categorical: list[str], seed: int) -> 
                 max_iter=150, learning_rate=0.05, max_depth=3, min_samples_leaf=40, l2_regularization=1.0, random_state=seed))])}
 
 def bp_cohort():
-    "The prediction templates' example cohort: adults 40-80 at their first systolic blood pressure reading."
+    """The prediction templates' example cohort: adults 40-80 at their first systolic blood pressure reading after at
+    least a year of registration, so that the year before index, which the covariates look at, is observed (at
+    registration itself nobody has a history: prior-year visits were 0 [0, 0])."""
     from healthbench.cohort import Cohort
     from healthbench.concepts import concept_set
     sbp = concept_set("systolic BP", 3004249, descendants=False)
-    return Cohort.builder("Adults 40-80 at their first blood pressure reading").entry(sbp, "measurement").age(40, 80).build()
+    return (Cohort.builder("Adults 40-80 at their first blood pressure reading after a year's registration")
+            .entry(sbp, "measurement", occurrence="all", limit="earliest", prior_days=365).age(40, 80).build())
 
 def model_inputs(predict_run: str, model: str, out_dir, *, cdm_path: str = "", cohort_json: str = "", outcome: str = "",
                  covariates: str = "default", horizon_days: int = 1825, persons: int = 5000, seed: int = 1):
