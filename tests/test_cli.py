@@ -1,5 +1,5 @@
 """CLI integration: the installed `healthbench` console script, run as a user would, in a subprocess."""
-import os, shutil, subprocess, sys, time
+import json, os, shutil, subprocess, sys, time
 from pathlib import Path
 
 import duckdb
@@ -70,6 +70,15 @@ def test_demo_summarises(tmp_path):
     for name in ("characterise", "predict", "survival", "explain", "fairness", "report"):   # the demo ends with the report
         assert (runs / name / "report.html").exists() and (runs / name / "release" / "results.json").exists(), name
         assert f"{runs.relative_to(tmp_path) / name / 'release'}" in r.stdout
+    for name in ("characterise", "predict", "survival", "explain", "fairness", "report"):   # a line per template, naming it
+        assert any(l.split()[:1] == [name] and l.split()[2:3] == ["s"] for l in lines), name
+    assert "All six templates in" in r.stdout
+    # the report describes the model's cohort with the demo's own characterise run (not one of its own)
+    report = json.loads((runs / "report" / "manifest.json").read_text())["parameters"]
+    assert report["characterise_run"] == str((runs / "characterise").resolve())
+    char = json.loads((runs / "characterise" / "manifest.json").read_text())["parameters"]
+    pred = json.loads((runs / "predict" / "provenance.json").read_text())
+    assert json.loads(char["cohort_json"])["name"] == pred["cohort"]["name"], (char["cohort_json"][:200], pred.get("cohort"))
     if os.name == "posix":   # kernels talk over IPC sockets, so ipykernel has no unencrypted-TCP warning to print
         assert "without encryption" not in r.stderr, r.stderr[-2000:]
 
