@@ -200,14 +200,25 @@ def _default_cohort() -> Cohort:
     return Cohort.builder("new cohort").entry(sbp, "measurement").build()
 
 def _flow_html(att: pd.DataFrame, rules: Rules) -> str:
-    lost_rules = replace(rules, zeros_disclosive=False)       # "0 excluded" tells nothing about anyone
+    """The flow as the screen shows it: the counts `publish(participant_flow(...))` would let out (a small one as
+    "<10", one hidden to protect it as [c]), and what a step excluded only where both counts around it are shown — so
+    that "excluded 1,879" above "<10" cannot give the small count away by subtraction."""
+    from healthbench.stats import participant_flow
+    from healthbench.counted import publish, SUPPRESSED
+    shown = publish(participant_flow(att[["description", "persons", "records"]]), rules).counts
+    def show(i, c):
+        v, n = shown.iloc[i][c], int(att.iloc[i][c])
+        return display_count(n, rules) if pd.isna(v) and n < rules.threshold else SUPPRESSED if pd.isna(v) else f"{int(v):,}"
+    def lost(i, c):
+        a, b = shown.iloc[i - 1][c], shown.iloc[i][c]
+        return SUPPRESSED if pd.isna(a) or pd.isna(b) else f"{int(a - b):,}"
     boxes = []
     for i, r in enumerate(att.itertuples()):
         if i: boxes.append(f"<div class='hb-flow-lost' style='margin:2px 0 2px 2em;color:#666'>↓ excluded "
-                           f"{display_count(r.persons_lost, lost_rules)} persons, {display_count(r.records_lost, lost_rules)} records</div>")
+                           f"{lost(i, 'persons')} persons, {lost(i, 'records')} records</div>")
         boxes.append(f"<div class='hb-flow-step' style='border:1px solid #888;border-radius:4px;padding:3px 8px;"
                      f"display:inline-block;min-width:22em'><b>{html.escape(str(r.description))}</b><br>"
-                     f"{display_count(r.persons, rules)} persons, {display_count(r.records, rules)} records</div>")
+                     f"{show(i, 'persons')} persons, {show(i, 'records')} records</div>")
     return "<div class='hb-flow'>" + "<br>".join(boxes) + "</div>"
 
 CODELIST_SYSTEMS = ("(from the file)", "SNOMED", "ICD10", "ICD10CM", "Read", "OPCS4", "dm+d")   # CTV3 and BNF: map to SNOMED/dm+d first
