@@ -19,8 +19,8 @@ from .errors import InputError
 
 # %% auto #0
 __all__ = ['MEASUREMENT_UNITS', 'UNITS', 'LABELS', 'label', 'level_key', 'document', 'read_released', 'count_suppressed',
-           'disclosure_note', 'table_html', 'figure_html', 'table_one_html', 'incidence_html', 'hazard_ratio_html',
-           'flow_frame', 'plot_flow', 'life_table', 'plot_km_at_risk', 'at_risk_from_svg']
+           'disclosure_note', 'table_html', 'figure_html', 'withheld_html', 'table_one_html', 'incidence_html',
+           'hazard_ratio_html', 'flow_frame', 'plot_flow', 'life_table', 'plot_km_at_risk', 'at_risk_from_svg']
 
 # %% ../nbs/09a_document.ipynb #a2e8527e
 #: the unit each measurement of the synthetic example is recorded in (healthbench.vocabulary's UNIT concepts)
@@ -31,7 +31,7 @@ LABELS = {"age": "Age", "sex": "Sex", "age_band": "Age band", "ethnicity": "Ethn
           "imd_quintile": "IMD quintile (1 = most deprived)", "smoking": "Smoking status", "systolic_bp": "Systolic blood pressure",
           "diastolic_bp": "Diastolic blood pressure", "total_cholesterol": "Total cholesterol", "hdl_cholesterol": "HDL cholesterol",
           "bmi": "Body mass index", "hba1c": "HbA1c", "statin_1y": "Statin in the year before index",
-          "outpatient_visits_1y": "Outpatient visits in the year before index", "prior_observation": "Prior observation"}
+          "outpatient_visits_1y": "Outpatient visits in the year before index", "history_type2_diabetes": "History of type 2 diabetes", "prior_observation": "Prior observation"}
 _PRETTY_UNIT = {"kg/m2": "kg/m²"}
 
 def label(variable: str, unit: bool = True) -> str:
@@ -59,7 +59,7 @@ def level_key(level) -> tuple:
 
 def _level_text(level) -> str:
     s = str(level)
-    return s[:1].upper() + s[1:] if s and s[0].isalpha() and s.islower() else s
+    return s[:1].upper() + s[1:] if s[:1].islower() else s
 
 # %% ../nbs/09a_document.ipynb #b481f27b
 _CSS = """
@@ -72,6 +72,8 @@ _CSS = """
 .hb-doc thead th.hb-span{border-bottom:1px solid #888}
 .hb-doc tbody td{padding:.2em .7em;text-align:right;white-space:nowrap;border:none}
 .hb-doc tbody td.hb-stub{text-align:left;white-space:normal;min-width:16em}
+.hb-doc table.hb-wrap td{white-space:normal;text-align:left;max-width:40em}
+.hb-doc p{font-size:14px;line-height:1.45;max-width:60em}
 .hb-doc tbody tr.hb-head td{font-weight:600;padding-top:.45em}
 .hb-doc tbody tr.hb-level td.hb-stub{padding-left:1.8em}
 .hb-doc tbody tr:last-child td{border-bottom:2px solid #111}
@@ -105,7 +107,7 @@ def _text(x) -> str:
     "A published cell as text: a hidden value (NaN/None) is the suppression marker."
     if x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA: return SUPPRESSED
     s = str(x)
-    return SUPPRESSED if s.lower() in ("nan", "<na>", "none") else s
+    return SUPPRESSED if s.lower() in ("nan", "<na>") else s
 
 def _num(x, digits: int | None = None, thousands: bool = True) -> str:
     "A published number as text ('[c]' stays '[c]'): whole numbers with thousands separators, else as published."
@@ -139,28 +141,32 @@ def disclosure_note(rules: Rules | None = None, suppressed: int | None = None, w
             f"suppressed is not shown.")
 
 # %% ../nbs/09a_document.ipynb #6feb36bf
-def table_html(t: pd.DataFrame, caption: str, notes=(), stub: str = "", groups: list | None = None) -> str:
-    """A published table as a journal table: `t`'s index is the row label (stub) column; `groups` optionally
-    [(row group heading, [row labels])] to set rows under headings. Hidden cells (NaN) show as the suppression marker."""
+def table_html(t: pd.DataFrame, caption: str, notes=(), stub: str = "", groups: list | None = None, wrap: bool = False) -> str:
+    """A published table as a journal table: `t`'s index is the row label (stub) column; `groups`, optionally
+    [(heading, number of rows)], sets consecutive rows under headings. Hidden cells (NaN) show as the suppression marker; `wrap` lets long text cells wrap."""
     cols = list(t.columns)
-    head = f"<thead><tr><th class='hb-stub'>{_e(stub)}</th>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr></thead>"
-    def row(lbl, cls=""):
-        vals = t.loc[lbl]
-        return (f"<tr class='{cls}'><td class='hb-stub'>{_e(_level_text(lbl))}</td>" + "".join(f"<td>{_e(_text(v))}</td>" for v in vals)
-                + "</tr>")
-    if groups:
-        body = ""
-        for g, rows in groups:
-            if g: body += f"<tr class='hb-head'><td class='hb-stub' colspan='{len(cols) + 1}'>{_e(g)}</td></tr>"
-            body += "".join(row(r, "hb-level" if g else "") for r in rows)
-    else: body = "".join(row(r) for r in t.index)
-    return f"<table><caption>{caption}</caption>{head}<tbody>{body}</tbody></table>" + _notes(notes)
+    head = f"<thead><tr><th class='hb-stub'>{_e(stub)}</th>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead>"
+    def row(k, cls=""):
+        return (f"<tr class='{cls}'><td class='hb-stub'>{_e(_level_text(t.index[k]))}</td>"
+                + "".join(f"<td>{_e(_text(v))}</td>" for v in t.iloc[k]) + "</tr>")
+    body, k = "", 0
+    for g, n in (groups or [("", len(t))]):
+        if g: body += f"<tr class='hb-head'><td class='hb-stub' colspan='{len(cols) + 1}'>{_e(g)}</td></tr>"
+        body += "".join(row(j, "hb-level" if g else "") for j in range(k, k + n))
+        k += n
+    return f"<table{' class=hb-wrap' if wrap else ''}><caption>{caption}</caption>{head}<tbody>{body}</tbody></table>" + _notes(notes)
 
 def figure_html(png: str | Path | bytes, caption: str, notes=(), width: str = "46em") -> str:
     "A released PNG embedded in the page (no external file, so the report travels alone) with its caption and notes."
     data = png if isinstance(png, bytes) else Path(png).read_bytes()
     img = f"<img alt='{_e(re.sub('<[^>]+>', '', caption))}' style='width:{width}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
     return f"<figure>{img}<figcaption>{caption}{_notes(notes)}</figcaption></figure>"
+
+def withheld_html(output, what: str) -> str:
+    "What a reader sees in place of an output that disclosure control withheld: what it was and why, never its numbers."
+    reasons = "; ".join(getattr(output, "reasons", []) or []) or getattr(output, "status", "not released")
+    return f"<div class='hb-notes'><p><b>{_e(what)}</b>: withheld by disclosure control ({_e(reasons)}).</p></div>"
+
 
 # %% ../nbs/09a_document.ipynb #5d7b29e3
 def _binary(levels: list[str]) -> bool: return set(levels) == {"0", "1"}
@@ -187,7 +193,7 @@ def table_one_html(t: pd.DataFrame, group: str | None, caption: str = "Table 1. 
     span = (f"<tr><th class='hb-stub'></th><th class='hb-span' colspan='{len(gcols)}'>{_e(label(group, unit=False))}</th>"
             f"<th></th>{'<th></th>' if has_smd else ''}</tr>") if group and gcols else ""
     head = (f"<thead>{span}<tr><th class='hb-stub'>Characteristic</th>" + "".join(head_cell(c) for c in cols)
-            + ("<th>SMD<sup>b</sup></th>" if has_smd else "") + "</tr></thead>")
+            + ("<th>SMD<sup>a</sup></th>" if has_smd else "") + "</tr></thead>")
     variables = list(dict.fromkeys(v for v, _ in t.index if v != "n"))
     suppressed = count_suppressed(t[cols])
     rows, nonnormal = [], False
@@ -217,7 +223,7 @@ def table_one_html(t: pd.DataFrame, group: str | None, caption: str = "Table 1. 
             "percentages of missing values are of everyone in the column."]
     if nonnormal: foot.append("IQR: interquartile range, given as [first quartile–third quartile]. SD: standard deviation.")
     else: foot.append("SD: standard deviation.")
-    if has_smd: foot.append("<sup>b</sup> SMD: standardised mean difference between the two groups (Yang and Dalton for "
+    if has_smd: foot.append("<sup>a</sup> SMD: standardised mean difference between the two groups (Yang and Dalton for "
                             f"categories); not shown (<b>{SUPPRESSED}</b>) for a variable with a suppressed count, as it could help recover it.")
     foot.append(disclosure_note(rules, suppressed))
     return (f"<table class='hb-table1'><caption>{caption}</caption>{head}<tbody>{''.join(rows)}</tbody></table>"
@@ -233,22 +239,17 @@ def incidence_html(tables: dict, caption: str, rules: Rules | None = None, per: 
         t.index = t.index.map(str)
         if by is not None: t = t.drop(index="All", errors="ignore")
         suppressed += count_suppressed(t[[c for c in ("persons", "events") if c in t.columns]])
-        labels = sorted(t.index, key=level_key) if by is not None else list(t.index)
-        keys = []
-        for lv in labels:
-            r = t.loc[lv]
+        labels = sorted(t.index, key=level_key) if by is not None else ["Overall"] * len(t)
+        for lv, (_, r) in zip(labels, (t.loc[labels] if by is not None else t).iterrows()):
             rate, lo, hi = (_num(r[c], thousands=False) for c in ("rate", "lo", "hi"))
             ci = SUPPRESSED if SUPPRESSED in (rate, lo, hi) else f"{rate} ({lo}–{hi})"
-            key = f"{by}:{lv}" if by is not None else "Overall"
-            rows.append((key, [_num(r["persons"]), _num(r["events"]), _num(r["person_years"], 0), ci]))
-            keys.append(key)
-        groups.append((label(by, unit=False) if by is not None else "", keys))
+            rows.append((lv, [_num(r["persons"]), _num(r["events"]), _num(r["person_years"], 0), ci]))
+        groups.append((label(by, unit=False) if by is not None else "", len(t)))
     df = pd.DataFrame([v for _, v in rows], index=[k for k, _ in rows],
                       columns=["Persons", "Events", "Person-years", f"Rate per {per:,} person-years (95% CI)"])
-    df.index = [k.split(":", 1)[1] if ":" in k else k for k in df.index]
-    groups = [(g, [k.split(":", 1)[1] if ":" in k else k for k in ks]) for g, ks in groups]
-    foot = ["Rates are events per 1,000 person-years of follow-up, with exact (Garwood) Poisson 95% confidence intervals."
-            .replace("1,000", f"{per:,}"), disclosure_note(rules, suppressed, "counts")] + list(notes)
+    foot = [f"Rates are events per {per:,} person-years of follow-up, with exact (Garwood) Poisson 95% confidence intervals; "
+            "person-years and rates are given to 3 significant figures, as released.",
+            disclosure_note(rules, suppressed, "counts")] + list(notes)
     return table_html(df, caption, foot, stub="", groups=groups)
 
 _TERM = re.compile(r"^(?P<var>[^\[]+)\[(?P<level>.+)\]$")
@@ -290,10 +291,18 @@ def flow_frame(published: pd.DataFrame) -> pd.DataFrame:
         out[f"{c}_lost"] = lost
     return out
 
-def plot_flow(published: pd.DataFrame, title: str = "Participant flow"):
-    "The participant flow diagram (healthbench.cohort.Attrition.plot) drawn from the published flow table only."
+def plot_flow(published: pd.DataFrame, title: str = ""):
+    "The participant flow diagram (healthbench.cohort.Attrition.plot) drawn from the published flow table only (untitled by default: a report's caption names it)."
     from healthbench.cohort import Attrition
-    return Attrition(flow_frame(published)).plot(title=title)
+    import matplotlib.pyplot as plt
+    fig = Attrition(flow_frame(published)).plot(title=title)
+    n, ax = len(published), fig.axes[0]
+    ax.set_ylim(-(n - 1) * 1.2 - 0.5, 0.5 if not title else 0.75)     # no empty band under the last box
+    fig.set_size_inches(8, 1.2 * n + (0.1 if not title else 0.4))
+    fig.subplots_adjust(0.01, 0.01, 0.99, 0.99 if not title else 0.93)
+    if not title: ax.set_title("")
+    plt.close(fig)          # returned, not also shown by the notebook's inline backend
+    return fig
 
 # %% ../nbs/09a_document.ipynb #f4781f78
 def life_table(t: pd.DataFrame) -> pd.DataFrame:
@@ -311,7 +320,7 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
     """Kaplan-Meier (life-table) curves drawn from published at-risk tables ({level: table}), with the numbers at risk at
     each of the tables' time points under the axis, taken from those tables ('[c]' where a time point was merged away).
     `cumulative` plots 1 - survival in % (Pocock et al., Lancet 2002: for low event rates)."""
-    import matplotlib
+    import matplotlib, matplotlib.ticker
     from matplotlib.figure import Figure
     tables = {str(k): v for k, v in tables.items() if v is not None and len(v)}
     if not tables: raise InputError("no published at-risk table to draw")
@@ -326,6 +335,7 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
     top = 0.0
     for i, lv in enumerate(levels):
         t = tables[lv].astype({"time": float, "at_risk": float, "events": float})
+        t = t[t.time < horizon_days]           # a row at the horizon only gives the number still at risk there
         lt = life_table(t)
         x = np.r_[t.time.to_numpy(), horizon_days] / scale
         y, lo, hi = (lt[c].to_numpy() for c in ("survival", "lo", "hi"))
@@ -337,12 +347,13 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
         ax.fill_between(x, lo, hi, step="post", color=c, alpha=0.12, lw=0)
     if cumulative:
         ax.set_ylim(0, max(5.0, math.ceil(top / 5) * 5))
+        ax.yaxis.set_major_locator(matplotlib.ticker.MultipleLocator(5 if top > 10 else 1))
         ax.set_ylabel(f"Cumulative incidence of {outcome} (%)")
     else:
         ax.set_ylim(0, 1.02); ax.set_ylabel("Event-free survival")
     ax.set_xlim(0, horizon_days / scale)
     ticks = [g / scale for g in grid if g <= horizon_days]
-    ax.set_xticks(ticks, [f"{x:g}" if years and abs(x - round(x)) < 0.01 else (f"{x:.1f}" if years else f"{x:g}") for x in ticks])
+    ax.set_xticks(ticks, [(f"{round(x)}" if abs(x - round(x)) < 0.01 else f"{x:.1f}") if years else f"{x:g}" for x in ticks])
     ax.grid(axis="y", color="#dddddd", lw=0.6)
     for side in ("top", "right"): ax.spines[side].set_visible(False)
     ax.legend(title=group_label or None, frameon=False, loc="upper left", fontsize=9, title_fontsize=9)
