@@ -351,7 +351,7 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
         ax.set_ylabel(f"Cumulative incidence of {outcome} (%)")
     else:
         ax.set_ylim(0, 1.02); ax.set_ylabel("Event-free survival")
-    ax.set_xlim(0, horizon_days / scale)
+    ax.set_xlim(-0.01 * horizon_days / scale, 1.015 * horizon_days / scale)   # the last interval's step stays visible
     ticks = [g / scale for g in grid if g <= horizon_days]
     ax.set_xticks(ticks, [(f"{round(x)}" if abs(x - round(x)) < 0.01 else f"{x:.1f}") if years else f"{x:g}" for x in ticks])
     ax.grid(axis="y", color="#dddddd", lw=0.6)
