@@ -18,9 +18,10 @@ from . import vocabulary as V
 from .errors import InputError
 
 # %% auto #0
-__all__ = ['MEASUREMENT_UNITS', 'UNITS', 'LABELS', 'label', 'level_key', 'document', 'read_released', 'count_suppressed',
-           'disclosure_note', 'table_html', 'figure_html', 'withheld_html', 'table_one_html', 'incidence_html',
-           'hazard_ratio_html', 'flow_frame', 'plot_flow', 'life_table', 'plot_km_at_risk', 'at_risk_from_svg']
+__all__ = ['MEASUREMENT_UNITS', 'UNITS', 'LABELS', 'label', 'in_text', 'level_key', 'document', 'read_released',
+           'count_suppressed', 'rounding_note', 'disclosure_note', 'table_html', 'figure_html', 'withheld_html',
+           'table_one_html', 'incidence_html', 'hazard_ratio_html', 'flow_frame', 'plot_flow', 'life_table',
+           'plot_km_at_risk', 'at_risk_from_svg']
 
 # %% ../nbs/09a_document.ipynb #a2e8527e
 #: the unit each measurement of the synthetic example is recorded in (healthbench.vocabulary's UNIT concepts)
@@ -43,6 +44,12 @@ def label(variable: str, unit: bool = True) -> str:
     text = text[:1].upper() + text[1:]
     u = UNITS.get(v)
     return f"{text}, {_PRETTY_UNIT.get(u, u)}" if unit and u else text
+
+def in_text(variable: str) -> str:
+    "A variable's name inside a sentence: 'age band', 'ethnicity (ONS 2021 group)', but 'IMD quintile' and 'HbA1c' as they are."
+    text = label(variable, unit=False)
+    first = text.split(" ")[0]
+    return text if any(ch.isupper() for ch in first[1:]) else text[:1].lower() + text[1:]
 
 def level_key(level) -> tuple:
     "Sort key for category levels: numbers and bands by value ('<50' before '50-59' before '70+'), text alphabetically, missing last."
@@ -124,14 +131,17 @@ def count_suppressed(*tables: pd.DataFrame) -> int:
     "How many cells of published tables are suppressed."
     return int(sum((t.astype(object).map(_text) == SUPPRESSED).to_numpy().sum() for t in tables))
 
+def rounding_note(rules: Rules | None = None) -> str:
+    "What rounding rules did to the counts ('' when they round nothing)."
+    r = rules or uk_default()
+    return (f"Counts are rounded to the nearest {r.rounding} and percentages and rates computed from the rounded counts "
+            f"(disclosure control, {_e(r.name)} rules)." if r.rounding else "")
+
 def disclosure_note(rules: Rules | None = None, suppressed: int | None = None, what: str = "cells") -> str:
     "The note that says what was suppressed and why, under `rules`."
     r = rules or uk_default()
     zeros = " (zeros included)" if r.zeros_disclosive else ""
-    if r.rounding:
-        head = (f"Counts are rounded to the nearest {r.rounding} and percentages and rates computed from the rounded counts "
-                f"(disclosure control, {_e(r.name)} rules).")
-    else: head = ""
+    head = rounding_note(r)
     if suppressed == 0:
         return head + (" " if head else "") + f"No {what} were suppressed by disclosure control ({_e(r.name)} rules: minimum count {r.threshold})."
     n = "" if suppressed is None else f"{suppressed} {what} "
@@ -151,7 +161,7 @@ def table_html(t: pd.DataFrame, caption: str, notes=(), stub: str = "", groups: 
                 + "".join(f"<td>{_e(_text(v))}</td>" for v in t.iloc[k]) + "</tr>")
     body, k = "", 0
     for g, n in (groups or [("", len(t))]):
-        if g: body += f"<tr class='hb-head'><td class='hb-stub' colspan='{len(cols) + 1}'>{_e(g)}</td></tr>"
+        if g: body += f"<tr class='hb-head'><td class='hb-stub' colspan='{len(cols) + 1}'>{_e(_level_text(g))}</td></tr>"
         body += "".join(row(j, "hb-level" if g else "") for j in range(k, k + n))
         k += n
     return f"<table{' class=hb-wrap' if wrap else ''}><caption>{caption}</caption>{head}<tbody>{body}</tbody></table>" + _notes(notes)
@@ -342,8 +352,7 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
         if cumulative: y, lo, hi = 100 * (1 - y), 100 * (1 - hi), 100 * (1 - lo)
         top = max(top, float(np.nanmax(hi)))
         c = colours[i % len(colours)]
-        name = f"{lv}" if group_label else lv
-        ax.step(x, y, where="post", color=c, lw=1.8, label=name)
+        ax.step(x, y, where="post", color=c, lw=1.8, label=_level_text(lv))
         ax.fill_between(x, lo, hi, step="post", color=c, alpha=0.12, lw=0)
     if cumulative:
         ax.set_ylim(0, max(5.0, math.ceil(top / 5) * 5))
@@ -367,7 +376,7 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
             tab.text(g / scale, row, v, ha="center", va="center", fontsize=8.5, gid=f"at_risk|{lv}|{g:g}",
                      color=colours[row % len(colours)])
     tab.set_ylim(n - 0.5, -0.5)
-    tab.set_yticks(range(n), levels, fontsize=9)
+    tab.set_yticks(range(n), [_level_text(lv) for lv in levels], fontsize=9)
     for lbl, i in zip(tab.get_yticklabels(), range(n)): lbl.set_color(colours[i % len(colours)])
     tab.tick_params(axis="y", length=0, pad=24)
     tab.tick_params(axis="x", length=0, labelbottom=False)
