@@ -151,13 +151,14 @@ def disclosure_note(rules: Rules | None = None, suppressed: int | None = None, w
             f"suppressed is not shown.")
 
 # %% ../nbs/09a_document.ipynb #6feb36bf
-def table_html(t: pd.DataFrame, caption: str, notes=(), stub: str = "", groups: list | None = None, wrap: bool = False) -> str:
+def table_html(t: pd.DataFrame, caption: str, notes=(), stub: str = "", groups: list | None = None, wrap: bool = False,
+               capitalise: bool = True) -> str:
     """A published table as a journal table: `t`'s index is the row label (stub) column; `groups`, optionally
-    [(heading, number of rows)], sets consecutive rows under headings. Hidden cells (NaN) show as the suppression marker; `wrap` lets long text cells wrap."""
+    [(heading, number of rows)], sets consecutive rows under headings. Hidden cells (NaN) show as the suppression marker; `wrap` lets long text cells wrap; `capitalise=False` keeps row labels as they are (names of outputs)."""
     cols = list(t.columns)
     head = f"<thead><tr><th class='hb-stub'>{_e(stub)}</th>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead>"
     def row(k, cls=""):
-        return (f"<tr class='{cls}'><td class='hb-stub'>{_e(_level_text(t.index[k]))}</td>"
+        return (f"<tr class='{cls}'><td class='hb-stub'>{_e(_level_text(t.index[k]) if capitalise else t.index[k])}</td>"
                 + "".join(f"<td>{_e(_text(v))}</td>" for v in t.iloc[k]) + "</tr>")
     body, k = "", 0
     for g, n in (groups or [("", len(t))]):
