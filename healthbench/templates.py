@@ -501,11 +501,14 @@ def _html(nb_path: Path, html_path: Path):
     from nbconvert import HTMLExporter
     nb = nbformat.read(nb_path, as_version=4)
     if (nb.metadata.get("healthbench") or {}).get("report") != "document":
-        body, _ = HTMLExporter().from_notebook_node(nb)
+        body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": nb_path.stem}})
     else:
         for c in nb.cells:     # printed progress lines are for the console; an error is kept, so a failed run says why
             if c.cell_type == "code": c.outputs = [o for o in c.get("outputs", []) if o.get("output_type") != "stream"]
-        body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+        title = next((m.group(1).strip() for c in nb.cells if c.cell_type == "markdown"
+                      for m in [re.search(r"^# (.+)$", c.source, flags=re.M)] if m), nb_path.stem)
+        body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
+            nb, resources={"metadata": {"name": title}})
         body = re.sub(r"<script\b.*?</script>", "", body, flags=re.S)     # a static page: nothing to load from a CDN
     html_path.write_text(body)
 

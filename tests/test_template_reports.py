@@ -132,6 +132,7 @@ def test_survival_report_shows_the_km_figure_and_the_hazard_ratios(reports):
         assert got[2] == ("<0.001" if float(w["p"]) < 0.001 else f"{float(w['p']):.3f}")
     assert hr["rows"][0][0] == "Age, per year" and hr["rows"][1][0] == "Sex: Male"
     assert "<script" not in text and str(rd) not in text
+    assert "<title>Survival: Kaplan-Meier by group and a Cox model</title>" in text
 
 
 def test_km_figure_numbers_at_risk_are_the_released_at_risk_tables(reports):
