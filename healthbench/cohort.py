@@ -472,9 +472,10 @@ class Attrition(pd.DataFrame):
 
     def plot(self, ax=None, title: str | None = None):
         "A CONSORT-style flow diagram: a box per step with what remains, and what each step excluded beside it."
-        import textwrap
+        import numbers, textwrap
         import matplotlib.pyplot as plt
         from matplotlib.patches import FancyBboxPatch
+        _n = lambda x: f"{x:,}" if isinstance(x, numbers.Integral) else str(x)   # a published flow may hold "[c]"
         n = len(self)
         if ax is None: fig, ax = plt.subplots(figsize=(8, 1.45 * n + 0.6))
         else: fig = ax.figure
@@ -483,14 +484,14 @@ class Attrition(pd.DataFrame):
             y = -i * 1.2
             label = getattr(row, "description", row.step)
             label = "\n".join(textwrap.wrap(str(label), 52)[:3])   # ATLAS's rule names run long: wrapped inside the box
-            text = f"{label}\n{row.persons:,} persons, {row.records:,} records"
+            text = f"{label}\n{_n(row.persons)} persons, {_n(row.records)} records"
             ax.add_patch(FancyBboxPatch((0.3, y - 0.4), 5.2, 0.8, boxstyle="round,pad=0.05", fc="#eef3fb", ec="#4c72b0"))
             ax.text(2.9, y, text, ha="center", va="center", fontsize=9)
             if i > 0:
                 ax.annotate("", xy=(2.9, y + 0.42), xytext=(2.9, y + 0.78), arrowprops=dict(arrowstyle="->", color="#4c72b0"))
-                if row.persons_lost or row.records_lost:
+                if row.persons_lost != 0 or row.records_lost != 0:   # "[c]" (suppressed) is drawn too
                     ax.add_patch(FancyBboxPatch((6.2, y + 0.2), 3.5, 0.5, boxstyle="round,pad=0.05", fc="#fbeeee", ec="#c44e52"))
-                    ax.text(7.95, y + 0.45, f"excluded: {row.persons_lost:,} persons,\n{row.records_lost:,} records",
+                    ax.text(7.95, y + 0.45, f"excluded: {_n(row.persons_lost)} persons,\n{_n(row.records_lost)} records",
                             ha="center", va="center", fontsize=8)
                     ax.annotate("", xy=(6.15, y + 0.45), xytext=(2.9, y + 0.6), arrowprops=dict(arrowstyle="->", color="#c44e52"))
         ax.set_title(title or "Cohort attrition", fontsize=11)

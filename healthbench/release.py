@@ -409,9 +409,11 @@ def survival(self: Session, name: str, table: pd.DataFrame, comment: str = "") -
 # %% ../nbs/07b_release.ipynb #39ec046b
 @patch
 def figure(self: Session, name: str, fig, counts=None, *, draw: Callable | None = None, redraw: Callable | None = None,
-           comment: str = "") -> Output:
-    "Save a figure drawn from a checked table: `figure(name, counted, draw=f)` draws `f(published table)`; the older `figure(name, fig, counts, redraw=f)` also works."
+           comment: str = "", svg: bool = False) -> Output:
+    """Save a figure drawn from a checked table: `figure(name, counted, draw=f)` draws `f(published table)`; the older `figure(name, fig, counts, redraw=f)` also works.
+    `svg=True` also writes the same figure as SVG with its text as text (a reader, or a test, can read the numbers it shows)."""
     save = lambda f: (lambda p: f.savefig(p, dpi=100, metadata={"Software": None}))
+    also = lambda f: {".svg": lambda p: _save_svg(f, p)} if svg else None
     if isinstance(fig, Counted):
         if draw is None: raise InputError("figure(name, counted, draw=...) needs draw: a function of the published table that returns the figure")
         pub = publish(fig, self.rules)
@@ -422,14 +424,14 @@ def figure(self: Session, name: str, fig, counts=None, *, draw: Callable | None 
             return self._record(name, "histogram", "fail", [f"the figure draws {marks} individual points from a table of {fig.table.size} values: one mark per person?"],
                                 "fail; row-level figure", comment=comment)
         return self._record(name, "histogram", "pass", [], pub.summary, method=f"drawn from {pub.method}" if pub.method != "none" else "none",
-                            write=save(f2), suffix=".png", comment=comment, suppressed=bool(pub.hidden.to_numpy().any()))
+                            write=save(f2), suffix=".png", also=also(f2), comment=comment, suppressed=bool(pub.hidden.to_numpy().any()))
     check = counts if isinstance(counts, TableCheck) else check_table(counts, rules=self.rules, name=name)
     marks = _marks(fig)
     if marks > _mark_limit(check.counts.size) and not self.rules.allow_row_level:
         return self._record(name, "histogram", "fail", [f"the figure draws {marks} individual points from a table of {check.counts.size} counts: one mark per person?"],
                             "fail; row-level figure", comment=comment, cells=check.cells, outcome=_outcome(check))
     if check.verdict == "pass" and not self.rules.rounding:
-        return self._record(name, "histogram", "pass", [], check.summary, write=save(fig), suffix=".png",
+        return self._record(name, "histogram", "pass", [], check.summary, write=save(fig), suffix=".png", also=also(fig),
                             comment=comment, cells=check.cells, outcome=_outcome(check))
     if redraw is None:
         reasons = [f"{r}: {len(c)} cells" for r, c in check.cells.items() if c] or [f"rounding to {self.rules.rounding} required"]
@@ -439,8 +441,14 @@ def figure(self: Session, name: str, fig, counts=None, *, draw: Callable | None 
     safe = check.rounded() if self.rules.rounding else check.suppressed()
     fig2 = redraw(safe.table)
     return self._record(name, "histogram", "pass", [], safe.summary, method=f"redrawn from {safe.method}",
-                        write=save(fig2), suffix=".png", comment=comment, cells=check.cells,
+                        write=save(fig2), suffix=".png", also=also(fig2), comment=comment, cells=check.cells,
                         outcome=_outcome(check, safe.table.isna()), suppressed=bool(safe.table.isna().to_numpy().any()))
+
+def _save_svg(fig, path):
+    "A figure as SVG, text as text (searchable, readable by a test) and the same bytes for the same figure."
+    import matplotlib
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "healthbench"}):
+        fig.savefig(path, format="svg", metadata={"Date": None, "Creator": None})
 
 def _marks(fig) -> int:
     "How many individual points a matplotlib figure draws: scatter points and line markers (lines without markers count their vertices beyond a curve's worth)."

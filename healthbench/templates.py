@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import sys
@@ -497,8 +498,22 @@ def _failed_cell(nb_path: Path) -> int | None:
     return next((i for i, c in enumerate(nb.cells) if any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
 
 def _html(nb_path: Path, html_path: Path):
+    """The executed notebook as HTML. A template whose notebook metadata has `"healthbench": {"report": "document"}`
+    reads as a document: its results and prose only (no code, prompts, printed lines or CDN scripts), so it renders
+    offline and shows no local path; the executed notebook beside it keeps everything."""
+    import nbformat
     from nbconvert import HTMLExporter
-    body, _ = HTMLExporter().from_filename(str(nb_path))
+    nb = nbformat.read(nb_path, as_version=4)
+    if (nb.metadata.get("healthbench") or {}).get("report") != "document":
+        body, _ = HTMLExporter().from_notebook_node(nb, resources={"metadata": {"name": nb_path.stem}})
+    else:
+        for c in nb.cells:     # printed progress lines are for the console; an error is kept, so a failed run says why
+            if c.cell_type == "code": c.outputs = [o for o in c.get("outputs", []) if o.get("output_type") != "stream"]
+        title = next((m.group(1).strip() for c in nb.cells if c.cell_type == "markdown"
+                      for m in [re.search(r"^# (.+)$", c.source, flags=re.M)] if m), nb_path.stem)
+        body, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(
+            nb, resources={"metadata": {"name": title}})
+        body = re.sub(r"<script\b.*?</script>", "", body, flags=re.S)     # a static page: nothing to load from a CDN
     html_path.write_text(body)
 
 def _now() -> str: return dt.datetime.now().isoformat(timespec="seconds")
