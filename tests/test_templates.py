@@ -448,7 +448,7 @@ class _Tables(__import__("html.parser").parser.HTMLParser):
         elif self._caption is not None: self._caption += data
 
 
-def _tables(text: str) -> list[dict]:
+def _html_tables(text: str) -> list[dict]:
     p = _Tables(); p.feed(text); return p.tables
 
 
@@ -515,14 +515,14 @@ def test_tripod_report_and_model_card_read_as_documents(report_run):
             assert local not in text, f"{name} holds the local path {local!r}"
         assert re.search(r"\bnan\b", text, re.I) is None, f"{name} shows nan"
     for name, text in (("report", report), ("card", card_html)):
-        tables = _tables(text)
+        tables = _html_tables(text)
         assert tables and all(t["caption"].strip() for t in tables), f"{name}: a table without a caption"
         for t in tables:
             heads = [r for r in t["rows"] if r and all(tag == "th" for tag, _ in r)]
             assert len(heads) == 1 and all(x for _, x in heads[0]), f"{name}: {t['caption'][:40]!r} has {len(heads)} header rows or an empty heading"
             assert all(any(x for _, x in r) for r in t["rows"]), f"{name}: an empty row in {t['caption'][:40]!r}"
             assert not any(x in ("–", "nan", "NaN") for r in t["rows"] for _, x in r)
-    assert "0" not in {x for t in _tables(card_html) for r in t["rows"] for tag, x in r if tag == "th"}
+    assert "0" not in {x for t in _html_tables(card_html) for r in t["rows"] for tag, x in r if tag == "th"}
     for heading in ("Model details", "Intended use", "Factors", "Metrics", "Evaluation data", "Training data",
                     "Quantitative analyses", "Ethical considerations", "Caveats and recommendations"):
         assert f"<h2>{heading}</h2>" in card_html
@@ -532,7 +532,7 @@ def test_tripod_report_and_model_card_read_as_documents(report_run):
     assert len(bands) >= 3
     by_age = sorted(bands, key=lambda b: int(re.search(r"\d+", b).group()) - (1 if b.startswith("<") else 0))
     s3 = h.unescape(_section(report, 3))
-    rows = [[x for _, x in r] for t in _tables(_section(report, 3)) for r in t["rows"]]
+    rows = [[x for _, x in r] for t in _html_tables(_section(report, 3)) for r in t["rows"]]
     shown = [r[1] for r in rows if len(r) > 1 and r[1] in bands]
     assert shown == by_age, shown
     assert "systolic_bp (mmHg)" in s3 and "age (years)" in s3
