@@ -537,20 +537,29 @@ def plot_dependence(expl: shap.Explanation, feature: str):
     return fig
 
 def plot_dependence_table(table: pd.DataFrame | Counted, feature: str = ""):
-    "Mean SHAP per bin with its 95% interval and count, from a `dependence_table` (or its published table): exportable."
+    """Mean SHAP per bin with its 95% interval and count, from a `dependence_table` (or its published table): exportable.
+    Bins without a numeric mean (categories, `missing`) are labelled on the x-axis with their counts, the figure widening
+    with their number so labels never overlap; numeric bins are annotated with their counts, alternately high and low."""
     import matplotlib.pyplot as plt
     table = _as_table(table)
     table = table[table["n"].notna() & (table["n"].astype(str) != "[c]")].astype({"mean_shap": float, "lo": float, "hi": float})
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     numeric = table["mean_value"].notna().all()
-    x = table["mean_value"].to_numpy() if numeric else np.arange(len(table))
+    labels = [f"{b.replace(' to ', ' to' + chr(10))}\nn={int(float(n)):,}" for b, n in zip(table["bin"].astype(str), table["n"])]
+    chars = max((len(line) for lab in labels for line in lab.split("\n")), default=1)
+    width = 6.5 if numeric else max(6.5, 1.2 + len(table) * (0.075 * chars + 0.15))      # inches: each label gets its own room
+    fig, ax = plt.subplots(figsize=(min(width, 14), 3.8))
+    x = table["mean_value"].to_numpy(float) if numeric else np.arange(len(table))
     ax.errorbar(x, table["mean_shap"], yerr=[table["mean_shap"] - table["lo"], table["hi"] - table["mean_shap"]],
-                fmt="o-" if numeric else "o", capsize=3)
-    for xi, yi, n in zip(x, table["mean_shap"], table["n"]): ax.annotate(f"n={int(n):,}", (xi, yi), fontsize=7,
-                                                                        textcoords="offset points", xytext=(0, 6))
-    if not numeric: ax.set_xticks(x, table["bin"], rotation=30, ha="right")
+                fmt="o-" if numeric else "o", capsize=3, ms=4)
+    if numeric:
+        for k, (xi, yi, n) in enumerate(zip(x, table["hi"], table["n"])):
+            ax.annotate(f"n={int(float(n)):,}", (xi, yi), fontsize=7, ha="center", textcoords="offset points",
+                        xytext=(0, 4 + 9 * (k % 2)))
+        ax.margins(y=0.15)
+    else: ax.set_xticks(x, labels, fontsize=8)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xlabel(f"{feature} (mean in bin)" if numeric else feature); ax.set_ylabel("mean SHAP value (95% CI)")
+    ax.grid(alpha=0.3, lw=0.5)
     fig.tight_layout()
     return fig
 

@@ -31,8 +31,8 @@ from .disclosure import (Rules, uk_default, MARGIN, CellStats, TableCheck, SafeT
 from .counted import Counted, Published, SUPPRESSED, publish, significant
 
 # %% auto #0
-__all__ = ['ROW_LEVEL_MIN_ROWS', 'ACRO_VERSION', 'row_level_reasons', 'model_reasons', 'coefficient_reasons', 'Output', 'Session',
-           'finalise', 'verify_bundle', 'read_release', 'Ledger']
+__all__ = ['ROW_LEVEL_MIN_ROWS', 'ACRO_VERSION', 'FIGURE_KINDS', 'row_level_reasons', 'model_reasons', 'coefficient_reasons',
+           'Output', 'Session', 'finalise', 'verify_bundle', 'read_release', 'Ledger']
 
 # %% ../nbs/07b_release.ipynb #fb58894f
 _ID = re.compile(r"^(person|patient|subject|participant|individual)_?(id|key|number)$|^(nhs|chi)_?number$|^eid$", re.I)
@@ -155,7 +155,7 @@ class Output:
     "One recorded output: what it is, its verdict and reasons, the file that may leave, and its sha256."
     uid: str
     name: str
-    kind: str                       # table | regression | histogram | custom
+    kind: str                       # table | regression | histogram | line | custom
     status: str                     # pass | review | fail
     reasons: list
     summary: str
@@ -407,40 +407,44 @@ def survival(self: Session, name: str, table: pd.DataFrame, comment: str = "") -
                         outcome=_outcome(check), published=pub)
 
 # %% ../nbs/07b_release.ipynb #39ec046b
+FIGURE_KINDS = ("histogram", "line")     # what a figure output draws: bars of counts, or curves
+
 @patch
 def figure(self: Session, name: str, fig, counts=None, *, draw: Callable | None = None, redraw: Callable | None = None,
-           comment: str = "", svg: bool = False) -> Output:
+           comment: str = "", svg: bool = False, kind: str = "histogram") -> Output:
     """Save a figure drawn from a checked table: `figure(name, counted, draw=f)` draws `f(published table)`; the older `figure(name, fig, counts, redraw=f)` also works.
+    `kind` says what it draws: "histogram" (bars of counts, the default) or "line" (a curve such as a calibration plot or a decision curve).
     `svg=True` also writes the same figure as SVG with its text as text (a reader, or a test, can read the numbers it shows)."""
+    if kind not in FIGURE_KINDS: raise InputError(f"kind must be one of {list(FIGURE_KINDS)}; got {kind!r}")
     save = lambda f: (lambda p: f.savefig(p, dpi=100, metadata={"Software": None}))
     also = lambda f: {".svg": lambda p: _save_svg(f, p)} if svg else None
     if isinstance(fig, Counted):
         if draw is None: raise InputError("figure(name, counted, draw=...) needs draw: a function of the published table that returns the figure")
         pub = publish(fig, self.rules)
-        if pub.exposed: return self._record(name, "histogram", "fail", ["small counts could be worked out"], pub.summary, comment=comment)
+        if pub.exposed: return self._record(name, kind, "fail", ["small counts could be worked out"], pub.summary, comment=comment)
         f2 = draw(pub.table.mask(pub.hidden.to_numpy()))
         marks = _marks(f2)
         if marks > _mark_limit(fig.table.size) and not self.rules.allow_row_level:
-            return self._record(name, "histogram", "fail", [f"the figure draws {marks} individual points from a table of {fig.table.size} values: one mark per person?"],
+            return self._record(name, kind, "fail", [f"the figure draws {marks} individual points from a table of {fig.table.size} values: one mark per person?"],
                                 "fail; row-level figure", comment=comment)
-        return self._record(name, "histogram", "pass", [], pub.summary, method=f"drawn from {pub.method}" if pub.method != "none" else "none",
+        return self._record(name, kind, "pass", [], pub.summary, method=f"drawn from {pub.method}" if pub.method != "none" else "none",
                             write=save(f2), suffix=".png", also=also(f2), comment=comment, suppressed=bool(pub.hidden.to_numpy().any()))
     check = counts if isinstance(counts, TableCheck) else check_table(counts, rules=self.rules, name=name)
     marks = _marks(fig)
     if marks > _mark_limit(check.counts.size) and not self.rules.allow_row_level:
-        return self._record(name, "histogram", "fail", [f"the figure draws {marks} individual points from a table of {check.counts.size} counts: one mark per person?"],
+        return self._record(name, kind, "fail", [f"the figure draws {marks} individual points from a table of {check.counts.size} counts: one mark per person?"],
                             "fail; row-level figure", comment=comment, cells=check.cells, outcome=_outcome(check))
     if check.verdict == "pass" and not self.rules.rounding:
-        return self._record(name, "histogram", "pass", [], check.summary, write=save(fig), suffix=".png", also=also(fig),
+        return self._record(name, kind, "pass", [], check.summary, write=save(fig), suffix=".png", also=also(fig),
                             comment=comment, cells=check.cells, outcome=_outcome(check))
     if redraw is None:
         reasons = [f"{r}: {len(c)} cells" for r, c in check.cells.items() if c] or [f"rounding to {self.rules.rounding} required"]
-        return self._record(name, "histogram", "fail",
+        return self._record(name, kind, "fail",
                             reasons + ["pass redraw= (a function of the mitigated counts that draws the figure) to export it"],
                             check.summary, comment=comment, cells=check.cells, outcome=_outcome(check))
     safe = check.rounded() if self.rules.rounding else check.suppressed()
     fig2 = redraw(safe.table)
-    return self._record(name, "histogram", "pass", [], safe.summary, method=f"redrawn from {safe.method}",
+    return self._record(name, kind, "pass", [], safe.summary, method=f"redrawn from {safe.method}",
                         write=save(fig2), suffix=".png", also=also(fig2), comment=comment, cells=check.cells,
                         outcome=_outcome(check, safe.table.isna()), suppressed=bool(safe.table.isna().to_numpy().any()))
 
@@ -545,7 +549,7 @@ def _acro_results(outputs: list[Output], all_: bool = False) -> dict:
     for o in outputs:
         if not (all_ or o.released): continue
         sdc = {}
-        if o.cells or o.kind in ("table", "histogram"):
+        if o.cells or o.kind in ("table",) + FIGURE_KINDS:
             sdc = {"summary": {"suppressed": o.suppressed, "negative": len(o.cells.get("negative", [])),
                                "missing": len(o.cells.get("missing", [])), "threshold": len(o.cells.get("threshold", [])),
                                "p-ratio": len(o.cells.get("p-ratio", [])), "nk-rule": len(o.cells.get("nk-rule", [])),
@@ -560,7 +564,7 @@ def _acro_results(outputs: list[Output], all_: bool = False) -> dict:
                       "properties": {"method": o.method, "name": o.name},
                       "files": [{"name": f.name, "sdc": sdc} for f, _ in o.files] or [{"name": "", "sdc": sdc}],
                       "outcome": outcome,
-                      "command": f"healthbench.disclosure.Session.{ {'regression': 'model', 'histogram': 'figure'}.get(o.kind, o.kind) }({o.name!r})",
+                      "command": f"healthbench.disclosure.Session.{ {'regression': 'model', 'histogram': 'figure', 'line': 'figure'}.get(o.kind, o.kind) }({o.name!r})",
                       "summary": o.summary, "timestamp": o.timestamp, "comments": [o.comment] if o.comment else [],
                       "exception": "", "reasons": o.reasons, "sha256": o.sha256}
     return {"version": ACRO_VERSION, "results": res}

@@ -626,30 +626,68 @@ def _figure(**kw):
 
 def _frame(t) -> pd.DataFrame: return t.table if isinstance(t, Counted) else t
 
-def plot_calibration(bins: pd.DataFrame | Counted):
-    "Calibration plot from `calibration_bins` (or its published table): observed event rate against mean prediction per bin, with the diagonal."
-    bins = _frame(bins).astype({"mean_predicted": float, "observed": float})
-    fig = _figure(figsize=(4.5, 4.5), layout="constrained")
+def _wilson(events, n, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    "Wilson score 95% interval of a proportion events/n (NaN where either is unknown)."
+    events, n = np.asarray(events, float), np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = events / n
+        centre, half = (p + z**2 / (2 * n)) / (1 + z**2 / n), z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
+    return centre - half, centre + half
+
+def plot_calibration(bins: pd.DataFrame | Counted, title: str = ""):
+    """Calibration plot from `calibration_bins` (or its published table): observed event proportion against mean predicted
+    risk per bin with Wilson 95% intervals, the diagonal of perfect calibration, both axes 0-1; an inset enlarges the
+    range of the predictions when they are all low. Bins whose observed rate is suppressed are marked on the x-axis."""
+    bins = _frame(bins).apply(pd.to_numeric, errors="coerce").astype(float)
+    shown = bins.dropna(subset=["mean_predicted", "observed"])
+    hidden = bins[bins["observed"].isna() & bins["mean_predicted"].notna()]
+    lo, hi = _wilson(shown["events"], shown["n"]) if {"events", "n"} <= set(shown) else (shown["observed"],) * 2
+    yerr = np.vstack([shown["observed"] - lo, hi - shown["observed"]])
+    fig = _figure(figsize=(5, 5), layout="constrained")
     ax = fig.add_subplot()
-    top = float(max(bins["mean_predicted"].max(), bins["observed"].max())) * 1.05
-    ax.plot([0, top], [0, top], ls="--", color="grey", lw=1, label="ideal")
-    ax.plot(bins["mean_predicted"], bins["observed"], marker="o", label="model")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted risk", ylabel="observed event rate")
-    ax.legend(loc="upper left", frameon=False)
+    top = float(np.nanmax(np.r_[bins["mean_predicted"], hi, 0.05])) * 1.1
+    inset = fig.add_axes((0.58, 0.17, 0.37, 0.37)) if top < 0.5 else None
+    for a, lim in ((ax, 1.0), (inset, top)):
+        if a is None: continue
+        a.plot([0, lim], [0, lim], ls="--", color="grey", lw=1, label="perfect calibration")
+        a.errorbar(shown["mean_predicted"], shown["observed"], yerr=np.nan_to_num(yerr), marker="o", ms=4, capsize=2,
+                   lw=1, color="C0", label="observed (95% CI)")
+        if len(hidden):
+            a.plot(hidden["mean_predicted"], np.zeros(len(hidden)), ls="", marker="|", ms=10, color="C3",
+                   label=f"bin suppressed [c] ({len(hidden)})", clip_on=False)
+        a.set(xlim=(0, lim), ylim=(0, lim), aspect="equal")
+        a.grid(alpha=0.3, lw=0.5)
+    ax.set(xlabel="predicted risk (mean in bin)", ylabel="observed proportion with the outcome", xticks=np.linspace(0, 1, 6),
+           yticks=np.linspace(0, 1, 6))
+    if title: ax.set_title(title)
+    ax.legend(loc="upper left", frameon=False, fontsize=9)
+    if inset is not None:
+        inset.tick_params(labelsize=7)
+        inset.set_title(f"enlarged: 0 to {top:.2f}", fontsize=8)
     return fig
 
-def plot_decision_curve(nb: pd.DataFrame | Counted):
-    "Decision curve from `net_benefit` (or its published table): each model, treat all and treat none against the threshold probability."
-    nb = _frame(nb).astype(float)
-    fig = _figure(figsize=(5.5, 4), layout="constrained")
+def plot_decision_curve(nb: pd.DataFrame | Counted, title: str = ""):
+    """Decision curve from `net_benefit` (or its published table): the net benefit of each model, of treating all and of
+    treating none against the threshold probability; y from just below zero to the largest net benefit (treat all's
+    steep fall is cut off), gaps where a model's net benefit is suppressed."""
+    nb = _frame(nb).apply(pd.to_numeric, errors="coerce").astype(float)
+    fig = _figure(figsize=(6, 4.2), layout="constrained")
     ax = fig.add_subplot()
     models = [c for c in nb.columns if c not in ("treat_all", "treat_none")]
-    styles = [(m, dict(lw=2)) for m in models] + [("treat_all", dict(color="grey")), ("treat_none", dict(color="black", ls=":"))]
+    styles = [(m, dict(lw=2, color=f"C{i}")) for i, m in enumerate(models)] + \
+             [("treat_all", dict(color="dimgrey", lw=1)), ("treat_none", dict(color="black", ls=":", lw=1))]
+    x = nb.index.to_numpy(float)
     for col, style in styles:
-        ax.plot(nb.index.to_numpy(float), nb[col], label=col.replace("_", " "), **style)
+        ax.plot(x, nb[col], label=col.replace("_", " "), **style)
     top = float(np.nanmax([nb[m].max() for m in models] + [nb["treat_all"].max(), 0.01]))
-    ax.set(ylim=(-0.1 * top, 1.1 * top), xlabel="threshold probability", ylabel="net benefit")
-    ax.legend(frameon=False)
+    ax.set(xlim=(0, float(x.max())), ylim=(-0.15 * top, 1.1 * top), xlabel="threshold probability", ylabel="net benefit")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.grid(alpha=0.3, lw=0.5)
+    if nb[models].isna().to_numpy().any():
+        ax.text(0.99, 0.02, "gaps: net benefit suppressed [c] (small counts)", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=8, color="dimgrey")
+    if title: ax.set_title(title)
+    ax.legend(frameon=False, loc="upper right")
     return fig
 
 def plot_km(km: pd.DataFrame, at_risk_table: bool = True):

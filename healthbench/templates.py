@@ -38,7 +38,7 @@ __all__ = ['TEMPLATE_DIR', 'GROUPS', 'MODELS', 'COVARIATE_SETS', 'CLAIM_FILE', '
            'RunResult', 'kernel_name', 'kernel_threads', 'run', 'sweep', 'verify', 'template_cdm', 'is_synthetic',
            'template_cohort', 'example_outcome', 'template_outcome', 'template_covariates', 'table_one_variables',
            'cox_covariates', 'template_session', 'template_out_dir', 'prediction_data', 'prediction_models',
-           'bp_cohort', 'model_inputs', 'fitted_model', 'fit_model', 'record_provenance']
+           'bp_cohort', 'model_inputs', 'fitted_model', 'fit_model', 'record_provenance', 'model_specification']
 
 # %% ../nbs/09_templates.ipynb #3456b101
 import healthbench as _hb
@@ -915,3 +915,52 @@ def record_provenance(out_dir: str | Path, cdm=None, cohort=None, seed: int | No
                                   concepts=covariates.concepts[["name", "domain", "concept_id", "concept_name"]].to_dict("records"))
     Path(out_dir, "provenance.json").write_text(json.dumps(prov, indent=2, default=str))
     return prov
+
+# %% ../nbs/09_templates.ipynb #ac884361
+import numpy as np
+
+def _json_value(v):
+    "A parameter value as JSON: numbers, text, booleans and None as they are, anything else as its repr."
+    if v is None or isinstance(v, (bool, str)): return v
+    if isinstance(v, (int, np.integer)): return int(v)
+    if isinstance(v, (float, np.floating)): return float(v) if np.isfinite(v) else str(v)
+    return repr(v)
+
+def _penalty(params: dict) -> str:
+    "The logistic penalty as it acts: from `penalty` when set, else from `l1_ratio` (scikit-learn >= 1.8), and C = inf is none."
+    pen, l1, C = params.get("penalty"), params.get("l1_ratio"), params.get("C")
+    if C is not None and not np.isfinite(C) or pen is None or pen == "none": return "none"
+    if pen not in (None, "deprecated"): return {"l2": "L2 (ridge)", "l1": "L1 (lasso)", "elasticnet": f"elastic net (l1_ratio {l1})"}.get(pen, str(pen))
+    if l1 in (None, 0, 0.0): return "L2 (ridge)"
+    return "L1 (lasso)" if l1 == 1 else f"elastic net (l1_ratio {l1})"
+
+def model_specification(pipeline) -> dict:
+    """What a fitted `prediction_models` pipeline is, read from it: estimator, hyperparameters (`get_params()`), penalty,
+    and each predictor's coding, imputation and scaling (no data values)."""
+    from sklearn.utils.validation import check_is_fitted
+    encode, model = pipeline.named_steps["encode"], pipeline.named_steps["model"]
+    check_is_fitted(model)
+    skip = {"verbose", "n_jobs", "warm_start"}
+    params = {k: _json_value(v) for k, v in sorted(model.get_params().items()) if k not in skip}
+    spec = {"estimator": type(model).__name__, "parameters": params}
+    if hasattr(model, "C"): spec["penalty"] = _penalty(model.get_params())
+    if hasattr(model, "n_iter_"): spec["iterations_fitted"] = int(np.max(model.n_iter_))
+    for name, steps, columns in encode.transformers_:
+        if name == "remainder" or not len(columns): continue
+        s = dict(steps.named_steps)
+        imp = s.get("impute")
+        entry = {"features": list(columns), "imputation": imp.strategy if imp is not None else "none"}
+        if name == "num":
+            ind = getattr(imp, "indicator_", None)
+            entry["missing_indicator_for"] = [columns[k] for k in ind.features_] if ind is not None else []
+            sc = s.get("scale")
+            entry["scaling"] = ("standardised (centred on the training mean, divided by the training SD)"
+                                if sc is not None and sc.with_mean and sc.with_std else "none")
+        else:
+            oh = s.get("onehot")
+            entry["levels"] = {c: [_json_value(x) for x in cats] for c, cats in zip(columns, oh.categories_)}
+            entry["coding"] = ("full one-hot: one indicator per level, no reference level" if oh.drop is None
+                               else f"one-hot dropping {oh.drop!r} (reference level)")
+            entry["unknown_levels"] = "all indicators 0" if oh.handle_unknown == "ignore" else oh.handle_unknown
+        spec[{"num": "numeric", "cat": "categorical"}.get(name, name)] = entry
+    return spec

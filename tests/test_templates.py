@@ -164,12 +164,10 @@ def test_survival_by_a_group_whose_levels_are_not_names(tmp_path):
     assert {"at_risk_age_band_under50", "at_risk_age_band_70plus", "km_age_band"} <= set(r.outputs.name)
 
 
-def test_report_is_assembled_from_released_outputs_only(tmp_path):
+def test_report_is_assembled_from_released_outputs_only(report_run):
     "The report run makes the other runs, then reads only their release bundles; its numbers are theirs."
-    import re
     import pandas as pd
-    r = run("report", {"persons": 4000}, tmp_path / "report", progress=False)
-    assert r.status == "succeeded"
+    r = report_run
     rel = r.run_dir / "release"
     assert verify_bundle(rel) == []
     html = (rel / "tripod_ai_report.html").read_text()
@@ -177,8 +175,8 @@ def test_report_is_assembled_from_released_outputs_only(tmp_path):
     # the AUROC of each model in the report is the one in the predict run's released metrics table
     metrics = pd.read_csv(r.run_dir / "runs" / "predict" / "release" / "metrics.csv", index_col=[0, 1])
     for model in ("logistic", "gradient_boosting"):
-        v = metrics.loc[(model, "AUROC (DeLong 95% CI)"), "value"]
-        assert f"{v:.3f}" in html
+        v, lo, hi = metrics.loc[(model, "AUROC (DeLong 95% CI)"), ["value", "lo", "hi"]]
+        assert f"{v:.3g} ({lo:.3g} to {hi:.3g})" in html
     card = json.loads((rel / "model_card_json.json").read_text())
     assert {"model_details", "intended_use", "factors", "metrics", "evaluation_data", "training_data",
             "quantitative_analyses", "ethical_considerations", "caveats_and_recommendations"} == set(card)
@@ -420,3 +418,126 @@ def test_codelist_outcome_real_run(tmp_path, monkeypatch):
     m = prov["outcome_codelist_mapping"]
     assert (m["summary"]["mapped"], [c["standard_concept_ids"] for c in m["codes"]]) == (2, [[4329847], [381316]])
     assert not list((r.run_dir / "release").glob("*codelist*"))    # the mapping stays in the run folder, unreleased
+
+
+# --- the report documents a researcher publishes: predict's run report, the TRIPOD+AI report, the model card -------------
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory):
+    "One report run on a small synthetic CDM (it makes the characterise, predict, explain and fairness runs first)."
+    r = run("report", {"persons": 4000}, tmp_path_factory.mktemp("report") / "report", progress=False)
+    assert r.status == "succeeded"
+    return r
+
+
+class _Tables(__import__("html.parser").parser.HTMLParser):
+    "Every table of an HTML page as rows of (tag, text) cells; with the table's caption."
+    def __init__(self):
+        super().__init__(); self.tables, self._cell, self._caption = [], None, None
+    def handle_starttag(self, tag, attrs):
+        if tag == "table": self.tables.append({"caption": "", "rows": []})
+        elif tag == "tr" and self.tables: self.tables[-1]["rows"].append([])
+        elif tag in ("td", "th") and self.tables: self._cell = [tag, ""]
+        elif tag == "caption": self._caption = ""
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1]["rows"][-1].append((self._cell[0], self._cell[1].strip())); self._cell = None
+        elif tag == "caption" and self._caption is not None: self.tables[-1]["caption"], self._caption = self._caption, None
+    def handle_data(self, data):
+        if self._cell is not None: self._cell[1] += data
+        elif self._caption is not None: self._caption += data
+
+
+def _html_tables(text: str) -> list[dict]:
+    p = _Tables(); p.feed(text); return p.tables
+
+
+def _section(text: str, n: int) -> str:
+    "Section n of the TRIPOD+AI report (its h2 to the next)."
+    start = text.index(f"<h2>{n}. ")
+    nxt = text.find("<h2>", start + 4)
+    return text[start:nxt if nxt > 0 else len(text)]
+
+
+def test_predict_report_shows_its_calibration_and_decision_curve(report_run):
+    "predict's run report shows the released figures themselves (not an Output repr), and curves are released as 'line'."
+    import base64
+    pr = report_run.run_dir / "runs" / "predict"
+    page = (pr / "report.html").read_text()
+    assert "Output(" not in page
+    for name in ("calibration_logistic", "calibration_gradient_boosting", "decision_curve_plot"):
+        png = (pr / "release" / f"{name}.png").read_bytes()
+        assert base64.b64encode(png).decode() in page, f"{name}: the released figure is not in the run report"
+    assert "Calibration of the logistic regression model" in page and "Decision curve on the test split" in page
+    kinds = {r["properties"]["name"]: r["type"] for r in json.loads((pr / "release" / "results.json").read_text())["results"].values()}
+    assert kinds["decision_curve_plot"] == kinds["calibration_logistic"] == kinds["calibration_gradient_boosting"] == "line"
+    assert "histogram" not in kinds.values()
+
+
+def test_tripod_report_states_the_fitted_model(report_run):
+    "The model specification in the report is the one in the saved pipelines, read here with joblib and get_params()."
+    import html as h
+    import joblib
+    models = report_run.run_dir / "runs" / "predict" / "models"
+    import re
+    text = h.unescape(re.sub(r"<[^>]+>", "", _section((report_run.run_dir / "release" / "tripod_ai_report.html").read_text(), 5)))
+    lr = joblib.load(models / "logistic.joblib")
+    p = lr.named_steps["model"].get_params()
+    pen = p["penalty"] if p["penalty"] != "deprecated" else {0.0: "l2", 1.0: "l1"}[float(p["l1_ratio"])]  # scikit-learn >= 1.8: l1_ratio
+    assert f"{ {'l2': 'L2 (ridge)', 'l1': 'L1 (lasso)'}[pen] } penalty, C = {p['C']}" in text
+    assert f"solver {p['solver']}" in text and f"up to {p['max_iter']} iterations" in text
+    encode = lr.named_steps["encode"]
+    assert "scale" in encode.named_transformers_["num"].named_steps
+    assert "standardised (centred on the training mean and divided by the training SD)" in text
+    onehot = encode.named_transformers_["cat"].named_steps["onehot"]
+    assert onehot.drop is None and "one indicator per level and no reference level" in text
+    cat_columns = next(cols for name, _, cols in encode.transformers_ if name == "cat")
+    for column, levels in zip(cat_columns, onehot.categories_):
+        assert f"{column} ({len(levels)} indicators: {', '.join(levels)})" in text
+        for level in levels: assert f"{column} = {level}" in text          # each level has its own coefficient
+    assert "sex = female" in text and "sex = male" in text                  # both sex dummies
+    g = joblib.load(models / "gradient_boosting.joblib").named_steps["model"].get_params()
+    for k in ("learning_rate", "max_iter", "max_depth", "min_samples_leaf", "l2_regularization", "random_state"):
+        assert f"{k} = {g[k]}" in text, k
+    seed = json.loads((report_run.run_dir / "runs" / "predict" / "manifest.json").read_text())["seed"]
+    assert f"random seed {seed}" in text
+
+
+def test_tripod_report_and_model_card_read_as_documents(report_run):
+    "No local path, no 'nan', no empty header row, age bands in age order, [c] for suppressed cells, a card without a '0' column."
+    import html as h
+    import re
+    import pandas as pd
+    rel = report_run.run_dir / "release"
+    report, card_html, card_json = ((rel / f).read_text() for f in ("tripod_ai_report.html", "model_card.html", "model_card_json.json"))
+    for name, text in (("report", report), ("card", card_html), ("card json", card_json)):
+        for local in ("/tmp/", "/work/", str(Path.home()) + "/", str(report_run.run_dir)):
+            assert local not in text, f"{name} holds the local path {local!r}"
+        assert re.search(r"\bnan\b", text, re.I) is None, f"{name} shows nan"
+    for name, text in (("report", report), ("card", card_html)):
+        tables = _html_tables(text)
+        assert tables and all(t["caption"].strip() for t in tables), f"{name}: a table without a caption"
+        for t in tables:
+            heads = [r for r in t["rows"] if r and all(tag == "th" for tag, _ in r)]
+            assert len(heads) == 1 and all(x for _, x in heads[0]), f"{name}: {t['caption'][:40]!r} has {len(heads)} header rows or an empty heading"
+            assert all(any(x for _, x in r) for r in t["rows"]), f"{name}: an empty row in {t['caption'][:40]!r}"
+            assert not any(x in ("–", "nan", "NaN") for r in t["rows"] for _, x in r)
+    assert "0" not in {x for t in _html_tables(card_html) for r in t["rows"] for tag, x in r if tag == "th"}
+    for heading in ("Model details", "Intended use", "Factors", "Metrics", "Evaluation data", "Training data",
+                    "Quantitative analyses", "Ethical considerations", "Caveats and recommendations"):
+        assert f"<h2>{heading}</h2>" in card_html
+    # Table 1: age bands in age order (the released table, read here, lists them as text sorts them)
+    t1 = pd.read_csv(report_run.run_dir / "runs" / "characterise" / "release" / "table1.csv", dtype=str, keep_default_na=False)
+    bands = t1[t1.iloc[:, 0] == "age_band"].iloc[:, 1].tolist()
+    assert len(bands) >= 3
+    by_age = sorted(bands, key=lambda b: int(re.search(r"\d+", b).group()) - (1 if b.startswith("<") else 0))
+    s3 = h.unescape(_section(report, 3))
+    rows = [[x for _, x in r] for t in _html_tables(_section(report, 3)) for r in t["rows"]]
+    shown = [r[1] for r in rows if len(r) > 1 and r[1] in bands]
+    assert shown == by_age, shown
+    assert "systolic_bp (mmHg)" in s3 and "age (years)" in s3
+    missing = [r for r in rows if len(r) > 1 and r[1] == "missing"]
+    assert missing and all(("%" in c) or c == "[c]" for r in missing for c in r[2:-1]), missing
+    # suppressed cells keep healthbench's marker
+    sub = (report_run.run_dir / "runs" / "fairness" / "release" / "subgroup_report.csv").read_text()
+    if "[c]" in sub: assert "<td class='n'>[c]</td>" in _section(report, 9)
