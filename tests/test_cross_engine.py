@@ -41,7 +41,7 @@ EXTRA_DDL = {   # the tables the synthetic generator does not write, when health
                        "device_exposure_start_date DATE, device_exposure_end_date DATE, device_type_concept_id BIGINT)",
 }
 EXTRA_ROWS = {   # from the synthetic visits: a procedure at every inpatient stay, a device at some outpatient visits
-    "procedure_occurrence": f"""SELECT visit_occurrence_id AS procedure_occurrence_id, person_id,
+    "procedure_occurrence": f"""SELECT 1000000000 + visit_occurrence_id AS procedure_occurrence_id, person_id,
         CASE visit_occurrence_id % 3 WHEN 0 THEN {LAP_CHOLE} WHEN 1 THEN {CHOLE} ELSE {SINGLE_LUNG_TX} END AS procedure_concept_id,
         visit_start_date AS procedure_date, 32817 AS procedure_type_concept_id
         FROM visit_occurrence WHERE visit_concept_id = 9201""",
@@ -67,6 +67,13 @@ TABLES = list(CDM_TABLES) + [t for t in EXTRA_DDL if t not in CDM_TABLES]
 
 def ddl(name: str) -> str:
     return create_table_sql(name) if name in CDM_TABLES else EXTRA_DDL[name]
+
+
+def _columns(name: str) -> str:
+    "The columns copied to the other engines: all of a CDM table's, the EXTRA_DDL ones of the others (the synthetic procedures have more)."
+    if name in CDM_TABLES: return "*"
+    inner = EXTRA_DDL[name].split("(", 1)[1].rsplit(")", 1)[0]
+    return ", ".join(c.split()[0] for c in inner.split(","))
 
 
 DEFINITIONS = {
@@ -104,10 +111,10 @@ def source(tmp_path_factory):
     with duckdb.connect(str(path)) as con:
         for name, rows in EXTRA_ROWS.items():
             if name not in con.execute("SELECT table_name FROM duckdb_tables()").fetchnumpy()["table_name"]: con.execute(ddl(name))
-            con.execute(f"INSERT INTO {name} {rows}")
+            con.execute(f"INSERT INTO {name} BY NAME {rows}")   # (the synthetic CDM has procedures of its own: ids above them)
         for sql in EXTRA_VOCABULARY: con.execute(sql)
     with duckdb.connect(str(path), read_only=True) as con:
-        tables = {t: con.execute(f"select * from {t}").fetch_arrow_table() for t in TABLES}
+        tables = {t: con.execute(f"select {_columns(t)} from {t}").fetch_arrow_table() for t in TABLES}
     assert all(tables[t].num_rows for t in EXTRA_ROWS)
     return path, tables
 
