@@ -248,7 +248,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_synth)
-    d = sub.add_parser("demo", help="generate a small synthetic CDM and summarise it")
+    d = sub.add_parser("demo", help="generate a small synthetic CDM, summarise it and run the six analysis templates on it (two at a time)")
     d.add_argument("--persons", type=int, default=20_000, help=f"number of persons (default 20000; at most {MAX_PERSONS:,})")
     d.add_argument("--seed", type=int, default=0, help="random seed, 0 or more (default 0)")
     d.add_argument("--out", default="healthbench-demo/cdm.duckdb",
