@@ -132,8 +132,11 @@ def test_signal_interrupts_a_cli_run(tmp_path, sig, status, to_group):
     "The CLI shuts the kernel down, marks the manifest interrupted, prints one line and exits 128 + signal."
     nb = template(tmp_path, "slow", SLEEP)
     out = tmp_path / "run"
+    # as from a terminal: SIGINT handled by default even when this test runs where it is ignored (a background CI job
+    # without job control ignores SIGINT, its children inherit that, and healthbench rightly leaves an ignored signal ignored)
     p = subprocess.Popen([EXE, "run", str(nb), "--out", str(out), "--quiet"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=to_group)
+                         stderr=subprocess.PIPE, text=True, start_new_session=to_group,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(out / "sleeping")
     kernel = int((out / "kernel.pid").read_text())
     t0 = time.monotonic()

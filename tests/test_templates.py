@@ -368,7 +368,9 @@ def test_gibleed_templates_run_pass_disclosure_control_and_verify(name, gibleed_
         assert m["outcome"]["concept_set"]["include"] == [GI_BLEEDING] or m["outcome"]["concept_set"]["codes"] == {"SNOMED": ["74474003"]}
         assert m["covariates"]["source"] == "data-driven" and len(m["covariates"]["concepts"]) >= 10
     log = json.loads((run_dir / "outputs" / "output_log.json").read_text())["results"]
-    assert log and all(r["status"] == "pass" for r in log.values()), {r["properties"]["name"]: r["status"] for r in log.values()}
+    # every table and figure passes; a custom output (predict's model specification) goes to review with its comment, as ACRO's do
+    assert log and all(r["status"] == "pass" or (r["type"] == "custom" and r["status"] == "review" and r.get("comments"))
+                       for r in log.values()), {r["properties"]["name"]: (r["type"], r["status"]) for r in log.values()}
     bundle = run_dir / "release"
     assert verify_bundle(bundle) == []
     released = {r["properties"]["name"] for r in json.loads((bundle / "results.json").read_text())["results"].values()}
