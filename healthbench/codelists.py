@@ -412,6 +412,9 @@ def map_codes(cdm, codelist: CodeList, *, ctv3_map=None, bnf_map=None) -> CodeMa
         q = ibis.union(*parts, distinct=True) if len(parts) > 1 else parts[0]
         cols = ["concept_id", "vocabulary_id", "concept_code", "standard_concept"] + (["invalid_reason"] if "invalid_reason" in concept.columns else [])
         got = q.select(*cols).to_pyarrow().to_pylist()
+        stems = {}   # Read: the list's 7-character keys by their 5-character code, in list order (looked up, not scanned, per concept)
+        for k in by_key:
+            if lookup_system == "Read" and len(k) == 7: stems.setdefault(k[:5], []).append(k)
         for r in got:
             ckeys = _concept_keys(lookup_system, r["concept_code"])
             own = code_key(lookup_system, r["concept_code"])
@@ -420,17 +423,16 @@ def map_codes(cdm, codelist: CodeList, *, ctv3_map=None, bnf_map=None) -> CodeMa
                 for c in by_key.get(k, ()):
                     found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
             if lookup_system == "Read" and len(own) == 5:   # a vocabulary of 5-character codes: a 7-character code matches its first 5
-                for k, cs in by_key.items():
-                    if len(k) == 7 and k[:5] == own:
-                        for c in cs: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
+                for k in stems.get(own, ()):
+                    for c in by_key[k]: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
         if lookup_system == "Read":   # a term code the vocabulary lacks (a synonym, C10F.11) is its Read code: the concepts of its first 5
             exact = {code_key("Read", r["concept_code"]) for r in got}
             for r in got:
                 own = code_key("Read", r["concept_code"])
                 if len(own) != 7: continue
-                for k, cs in by_key.items():
-                    if len(k) == 7 and k not in exact and k[:5] == own[:5]:
-                        for c in cs: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
+                for k in stems.get(own[:5], ()):
+                    if k not in exact:
+                        for c in by_key[k]: found.append((c, r["vocabulary_id"], int(r["concept_id"]), r["concept_code"], r.get("invalid_reason"), r["standard_concept"]))
     found = list(dict.fromkeys(found))
     sources = {f[2] for f in found}
     replaced = _replacements(cdm, {f[2] for f in found if f[4] not in (None, "", "V")})
@@ -654,7 +656,7 @@ def report_counted(report: pd.DataFrame) -> Counted:
                  if members and int(counts.loc[members, col].sum()) == int(counts.at[ALL_CODES, col])]
     structural = pd.DataFrame(False, index=idx, columns=counts.columns)
     for code, ex, std in zip(report.code.astype(str), report.excluded, report.standard_concepts):
-        structural.loc[code] = True if ex else structural.loc[code]
+        if ex: structural.loc[code] = True
         if std == 0: structural.loc[code, ["events_mapped", "persons_mapped"]] = True
     shown = report.drop(columns=["standard_concept_ids"]).assign(standard_concept_ids=report.standard_concept_ids.map(lambda v: " ".join(map(str, v))))
     table = pd.concat([shown.set_index(shown.code.astype(str)).drop(columns="code"),
