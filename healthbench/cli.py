@@ -132,32 +132,45 @@ def _demo(args) -> int:
     return 0
 
 def _demo_templates(cdm_path: Path, runs: Path, args):
-    """Run the six templates on the demo CDM, all on the prediction example's cohort, two at a time where one does not
-    need another's results (a line per template as it finishes); print where the reports and release bundles are."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Run the six templates on the demo CDM, all on the prediction example's cohort, two at a time: each starts as soon
+    as the runs it reads have finished, the longest chain (predict, then fairness or explain, then the report) first.
+    A line names each template as it starts and as it finishes; the end says where the reports and bundles are."""
+    from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
     from healthbench.templates import run, bp_cohort
     print(f"\nRunning the analysis templates on it, two at a time, ending with the model report (run folders in {runs}):")
     db, seed = str(cdm_path.resolve()), args.seed
     folder = lambda name: str((runs / name).resolve())
-    stages = [[("characterise", {"cdm_path": db, "cohort_json": bp_cohort().to_json()}), ("predict", {"cdm_path": db}),
-               ("survival", {"cdm_path": db})],
-              [("explain", {"predict_run": folder("predict")}), ("fairness", {"predict_run": folder("predict")})],
-              [("report", {"characterise_run": folder("characterise"), "predict_run": folder("predict"),
-                           "explain_run": folder("explain"), "fairness_run": folder("fairness"), "cdm_path": db})]]
+    plan = {  # template: (parameters, the runs it reads), in the order they are started when free to start
+        "predict": ({"cdm_path": db}, ()),
+        "characterise": ({"cdm_path": db, "cohort_json": bp_cohort().to_json()}, ()),
+        "fairness": ({"predict_run": folder("predict")}, ("predict",)),
+        "explain": ({"predict_run": folder("predict")}, ("predict",)),
+        "survival": ({"cdm_path": db}, ()),
+        "report": ({"characterise_run": folder("characterise"), "predict_run": folder("predict"), "explain_run": folder("explain"),
+                    "fairness_run": folder("fairness"), "cdm_path": db}, ("characterise", "predict", "explain", "fairness"))}
     t_all = time.perf_counter()
-    def one(item):
-        name, params = item
+    def one(name):
         t0 = time.perf_counter()
-        r = run(name, {**params, "seed": seed}, runs / name, progress=False)
+        r = run(name, {**plan[name][0], "seed": seed}, runs / name, progress=False)
         passed = int((r.outputs.status != "fail").sum()) if len(r.outputs) else 0
         print(f"  {name:<13} {time.perf_counter() - t0:5.1f} s  report {r.run_dir / 'report.html'}\n"
               f"  {'':<13}          release bundle {r.run_dir / 'release'} ({passed} of {len(r.outputs)} outputs passed disclosure control)",
               flush=True)
         return r
+    done, running, failure = set(), {}, None
     with ThreadPoolExecutor(max_workers=2) as ex:
-        for stage in stages:
-            if not args.quiet: print(f"  ... {', '.join(n for n, _ in stage)}", flush=True)
-            list(ex.map(one, stage))
+        while len(done) < len(plan) and failure is None:
+            for name, (_, needs) in plan.items():
+                if len(running) < 2 and name not in done and name not in running.values() and set(needs) <= done:
+                    if not args.quiet: print(f"  ... {name} started at {time.perf_counter() - t_all:4.1f} s", flush=True)
+                    running[ex.submit(one, name)] = name
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                name = running.pop(f)
+                if f.exception() is not None: failure = failure or f.exception()     # the others running finish first
+                else: done.add(name)
+        wait(running)
+    if failure is not None: raise failure
     print(f"\nAll six templates in {time.perf_counter() - t_all:.1f} s."
           f"\nTRIPOD+AI model report: {runs / 'report' / 'release' / 'tripod_ai_report.html'}"
           f"\nModel card:              {runs / 'report' / 'release' / 'model_card.html'}")
@@ -306,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `healthbench` command. Exit status 0 on success, 2 with one line `healthbench CMD: error: ...`
     for anything the user can fix, 130/143 after Ctrl-C/SIGTERM, 3 with one line for an internal error."""
     args = _parser().parse_args(argv)
+    if "jsonschema" not in sys.modules:   # papermill's nbformat imports jsonschema, whose optional IRI format checker
+        sys.modules.setdefault("rfc3987_syntax", None)   # builds 38 grammars at import (1.7 s); nbformat never uses it
     in_main = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminated) if in_main else None     # SIGTERM ends a command as Ctrl-C does
     try: return args.func(args)

@@ -13,6 +13,8 @@ from functools import partial
 import numpy as np
 import pandas as pd
 from fairlearn.metrics import MetricFrame, false_positive_rate, selection_rate, true_positive_rate
+from scipy.special import expit, logit
+from scipy.stats import rankdata
 from sklearn.metrics import precision_score
 
 from .errors import InputError
@@ -80,25 +82,86 @@ def _rates(y: np.ndarray, yhat: np.ndarray, labels: np.ndarray, name: str) -> pd
     mf = MetricFrame(metrics=_RATES, y_true=y, y_pred=yhat, sensitive_features=pd.Series(labels, name=name))
     return mf.by_group.astype(float)
 
-def _replicate(y: np.ndarray, p: np.ndarray, yhat: np.ndarray) -> list[float]:
-    "Every metric on one (bootstrap) sample, NaN where it is undefined there (one class, separation, no positives)."
-    out = dict.fromkeys(METRICS, math.nan)
-    k = y.sum()
-    if 0 < k < len(y):
-        out["auroc"] = auroc(y, p).value
-        try: c = calibration(y, p)
-        except InputError: c = None                 # perfect separation in this sample: no finite slope
-        if c: out.update(citl=c["citl"], cal_intercept=c["intercept"], cal_slope=c["slope"])
-    tp, pos = float((y * yhat).sum()), float(yhat.sum())
-    out.update(oe=k / p.sum() if p.sum() > 0 else math.nan,
-               tpr=tp / k if k > 0 else math.nan, fpr=(pos - tp) / (len(y) - k) if k < len(y) else math.nan,
-               ppv=tp / pos if pos > 0 else math.nan, selection_rate=pos / len(y))
-    return [out[m] for m in METRICS]
+def _logistic_rows(Y: np.ndarray, lp: np.ndarray, slope: bool, max_iter: int = 100) -> np.ndarray:
+    """Per row of `Y`, the ML fit of logit P(y=1) = a + lp (lp an offset) or, with `slope`, a + b·lp, by Newton-Raphson
+    with `healthbench.stats.calibration`'s stopping rule: (a, b) per row, NaN where it does not converge (separation).
+    The first row starts from 0 and the others from its fit (resamples of one group lie close), saving iterations."""
+    fit = np.full((len(Y), 2), np.nan)
+    if not len(Y): return fit
+    fit[:1] = _newton_rows(Y[:1], lp[:1], slope, np.zeros((1, 2)), max_iter)
+    if len(Y) > 1: fit[1:] = _newton_rows(Y[1:], lp[1:], slope, np.nan_to_num(np.repeat(fit[:1], len(Y) - 1, axis=0)), max_iter)
+    return fit
 
-def _replicates(y, p, yhat, idx: np.ndarray) -> np.ndarray:
-    "Every metric (columns) on each resample (rows of indices `idx`)."
+def _newton_rows(Y: np.ndarray, lp: np.ndarray, slope: bool, beta: np.ndarray, max_iter: int) -> np.ndarray:
+    "Newton-Raphson from `beta` for each row (see `_logistic_rows`); rows that finish are dropped from the arrays."
+    fit = np.full((len(Y), 2), np.nan)
+    live, y, x, b = np.arange(len(Y)), Y, lp, beta.copy()
+    for _ in range(max_iter):
+        if not len(live): break
+        mu = expit(b[:, :1] + (b[:, 1:] * x if slope else x))
+        r, w = y - mu, mu * (1 - mu)
+        if slope:
+            wx = w * x
+            g0, g1, h00, h01, h11 = r.sum(1), (r * x).sum(1), w.sum(1), wx.sum(1), (wx * x).sum(1)
+            det = h00 * h11 - h01 * h01
+            det[~(det > 1e-10 * h00 * h11)] = np.nan        # (numerically) singular: the weight sits on one lp (separation)
+            step = np.column_stack([(h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det])
+        else:
+            step = np.column_stack([r.sum(1) / w.sum(1), np.zeros(len(live))])
+        ok = np.isfinite(step).all(1)                              # a singular information matrix: no fit
+        b = b + step
+        done = ok & (np.abs(step).max(1) < 1e-10 * (1 + np.abs(b).max(1)))
+        fit[live[done]] = b[done]
+        keep = ok & ~done
+        if not keep.all(): live, y, x, b = live[keep], y[keep], x[keep], b[keep]
+    return fit
+
+def _auroc_rows(Y: np.ndarray, ids: np.ndarray, n_values: int, k: np.ndarray) -> np.ndarray:
+    """AUROC of each row from midranks (ties count 1/2, as in `stats.auroc`): `ids` are the ranks of each row's p among
+    all distinct values, so ranks come from counts per value, not from sorting every resample."""
+    rows, n = Y.shape
+    flat = (np.arange(rows)[:, None] * n_values + ids).ravel()
+    every = np.bincount(flat, minlength=rows * n_values).reshape(rows, n_values)
+    events = np.bincount(flat, weights=Y.ravel(), minlength=rows * n_values).reshape(rows, n_values)
+    midrank = np.cumsum(every, axis=1) - (every - 1) / 2
+    return ((events * midrank).sum(1) - k * (k + 1) / 2) / (k * (n - k))
+
+def _replicates(y, p, yhat, idx: np.ndarray, chunk: int = 2_000_000) -> np.ndarray:
+    """Every metric (columns) on each resample (rows of indices `idx`), NaN where it is undefined there (one class,
+    separation, nobody predicted positive); all resamples at once, `chunk` values at a time."""
+    if len(idx) * idx.shape[1] > chunk and len(idx) > 1:
+        step = max(1, chunk // idx.shape[1])
+        return np.vstack([_replicates(y, p, yhat, idx[s:s + step], chunk) for s in range(0, len(idx), step)])
+    Y, P, H = y[idx].astype(float), p[idx], yhat[idx].astype(float)
+    drawn = np.zeros(len(p), bool); drawn[idx.ravel()] = True
+    drawn = np.flatnonzero(drawn)                                      # the people these resamples draw from
+    values, rank = np.unique(p[drawn], return_inverse=True)            # the rank of their p among its distinct values
+    value_id = np.zeros(len(p), np.int64); value_id[drawn] = rank.ravel()
+    n_values = len(values)
+    n, k = idx.shape[1], Y.sum(1)
+    out = np.full((len(idx), len(METRICS)), np.nan)
+    col = {m: j for j, m in enumerate(METRICS)}
     with np.errstate(all="ignore"):
-        return np.array([_replicate(y[i], p[i], yhat[i]) for i in idx]).reshape(len(idx), len(METRICS))
+        tp, pos, ps = (Y * H).sum(1), H.sum(1), P.sum(1)
+        out[:, col["oe"]] = np.where(ps > 0, k / ps, np.nan)
+        out[:, col["tpr"]] = np.where(k > 0, tp / k, np.nan)
+        out[:, col["fpr"]] = np.where(k < n, (pos - tp) / (n - k), np.nan)
+        out[:, col["ppv"]] = np.where(pos > 0, tp / pos, np.nan)
+        out[:, col["selection_rate"]] = pos / n
+        two = np.flatnonzero((k > 0) & (k < n))
+        if len(two):
+            Y2, k2 = Y[two], k[two]
+            out[two, col["auroc"]] = _auroc_rows(Y2, value_id[idx[two]], n_values, k2)
+            lp = logit(np.clip(P[two], 1e-10, 1 - 1e-10))
+            citl = _logistic_rows(Y2, lp, slope=False)[:, 0]
+            spread = np.ptp(lp, axis=1) > 0
+            ab = np.full((len(two), 2), np.nan)
+            ab[spread] = _logistic_rows(Y2[spread], lp[spread], slope=True)
+            failed = np.isnan(citl) | (spread & np.isnan(ab[:, 1]))   # as stats.calibration raising: all three undefined
+            out[two, col["citl"]] = np.where(failed, np.nan, citl)
+            out[two, col["cal_intercept"]] = np.where(failed, np.nan, ab[:, 0])
+            out[two, col["cal_slope"]] = np.where(failed, np.nan, ab[:, 1])
+    return out
 
 def _percentiles(reps: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     "The α/2 and 1 − α/2 percentiles of each column, leaving out resamples where it is undefined (NaN)."

@@ -414,6 +414,12 @@ def _kernel_manager_base():
             kw["env"] = {**(kw.get("env") or os.environ), **kernel_threads()}
             await super()._async_launch_kernel(kernel_cmd, **kw)
             self.kernel_process = getattr(self.provisioner, "process", None)
+
+        async def _async_interrupt_kernel(self):
+            # jupyter_client interrupts (SIGINT) every kernel before asking it to shut down; a run's kernel is shut
+            # down only once it is idle, so that interrupt stops nothing and makes ipykernel log "KeyboardInterrupt
+            # caught in kernel" in passing runs. An interrupt at any other time (a cell's timeout) is sent.
+            if not self.shutting_down: await super()._async_interrupt_kernel()
     return RunKernelManager
 
 def _kernel_manager(claim: str, started: list):
@@ -595,6 +601,7 @@ def run(name: str | Path, params: dict | None = None, out_dir: str | Path | None
                 else:
                     error = f"{getattr(e, 'ename', type(e).__name__)}: {getattr(e, 'evalue', str(e))}".strip()
                     cell = _failed_cell(run_dir / "notebook.ipynb")
+                    if cell is None: cell = state.cell     # a cell that timed out has no error output: the last cell sent
                 manifest["failure"] = dict(cell_index=cell, error=error)
             _record(run_dir, manifest, state, t0)
         except KeyboardInterrupt as e:    # Ctrl-C or SIGTERM (Interrupted), or a KeyboardInterrupt from elsewhere

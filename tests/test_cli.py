@@ -81,6 +81,7 @@ def test_demo_summarises(tmp_path):
     assert json.loads(char["cohort_json"])["name"] == pred["cohort"]["name"], (char["cohort_json"][:200], pred.get("cohort"))
     if os.name == "posix":   # kernels talk over IPC sockets, so ipykernel has no unencrypted-TCP warning to print
         assert "without encryption" not in r.stderr, r.stderr[-2000:]
+    assert "KeyboardInterrupt" not in r.stderr + r.stdout, r.stderr[-2000:]     # no kernel is interrupted on its way out
 
 
 BAD_INPUT = [   # (argv, what the one line on stderr must say); files named here are written by the `bad_files` fixture

@@ -344,3 +344,24 @@ def test_session_working_folder_in_temp_is_removed_once_finalised(tmp_path):
     assert not os.path.exists(done) and (tmp_path / "bundle" / "t.csv").exists()
     assert os.path.isdir(kept) and os.listdir(kept)          # not finalised: its outputs are kept
     shutil.rmtree(kept)
+
+
+def test_cell_timeout_names_the_cell_and_passing_runs_are_not_interrupted(tmp_path, capfd):
+    """A cell that runs past `timeout` fails the run at that cell (it has no error output of its own), and its kernel is
+    gone. A passing run's kernel is shut down without the interrupt jupyter_client sends first, which made ipykernel
+    print "KeyboardInterrupt caught in kernel" in runs that succeeded."""
+    nb = template(tmp_path, "sleepy", "x = 1", "time.sleep(120)")
+    with pytest.raises(TemplateRunError, match=r"failed at cell \d+: CellTimeoutError") as e:
+        run(nb, {}, tmp_path / "slow", timeout=3, progress=False)
+    executed = nbformat.read(tmp_path / "slow" / "notebook.ipynb", as_version=4)
+    sleeper = [i for i, c in enumerate(executed.cells) if c.source == "time.sleep(120)"]
+    assert len(sleeper) == 1 and f"failed at cell {sleeper[0]}:" in str(e.value)
+    m = json.loads((tmp_path / "slow" / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["failure"]["cell_index"] == sleeper[0]
+    pid = int((tmp_path / "slow" / "kernel.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    capfd.readouterr()
+    for k in range(3):
+        assert run(template(tmp_path, f"quick{k}", "x = 1"), {}, tmp_path / f"quick{k}", progress=False).status == "succeeded"
+    out, err = capfd.readouterr()
+    assert "KeyboardInterrupt" not in out + err, err[-2000:]
