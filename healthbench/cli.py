@@ -133,7 +133,7 @@ def _demo(args) -> int:
 
 def _demo_templates(cdm_path: Path, runs: Path, args):
     """Run the six templates on the demo CDM, all on the prediction example's cohort, two at a time: each starts as soon
-    as the runs it reads have finished, the longest chain (predict, then fairness or explain, then the report) first.
+    as the runs it reads have finished, the longest chain (predict, then explain and fairness, then the report) first.
     A line names each template as it starts and as it finishes; the end says where the reports and bundles are."""
     from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
     from healthbench.templates import run, bp_cohort
@@ -143,8 +143,8 @@ def _demo_templates(cdm_path: Path, runs: Path, args):
     plan = {  # template: (parameters, the runs it reads), in the order they are started when free to start
         "predict": ({"cdm_path": db}, ()),
         "characterise": ({"cdm_path": db, "cohort_json": bp_cohort().to_json()}, ()),
-        "fairness": ({"predict_run": folder("predict")}, ("predict",)),
         "explain": ({"predict_run": folder("predict")}, ("predict",)),
+        "fairness": ({"predict_run": folder("predict")}, ("predict",)),
         "survival": ({"cdm_path": db}, ()),
         "report": ({"characterise_run": folder("characterise"), "predict_run": folder("predict"), "explain_run": folder("explain"),
                     "fairness_run": folder("fairness"), "cdm_path": db}, ("characterise", "predict", "explain", "fairness"))}
