@@ -155,7 +155,7 @@ class Output:
     "One recorded output: what it is, its verdict and reasons, the file that may leave, and its sha256."
     uid: str
     name: str
-    kind: str                       # table | regression | histogram | line | custom
+    kind: str                       # table | regression | custom, or a figure kind (FIGURE_KINDS)
     status: str                     # pass | review | fail
     reasons: list
     summary: str
@@ -407,13 +407,17 @@ def survival(self: Session, name: str, table: pd.DataFrame, comment: str = "") -
                         outcome=_outcome(check), published=pub)
 
 # %% ../nbs/07b_release.ipynb #39ec046b
-FIGURE_KINDS = ("histogram", "line")     # what a figure output draws: bars of counts, or curves
+#: what a figure output draws: bars of counts, curves, bars of a statistic with its interval (e.g. SHAP importance), a statistic
+#: per bin of a variable with its interval (e.g. binned SHAP dependence), an estimate with its interval per subgroup (a forest plot)
+FIGURE_KINDS = ("histogram", "line", "bar", "dependence", "forest")
 
 @patch
 def figure(self: Session, name: str, fig, counts=None, *, draw: Callable | None = None, redraw: Callable | None = None,
            comment: str = "", svg: bool = False, kind: str = "histogram") -> Output:
     """Save a figure drawn from a checked table: `figure(name, counted, draw=f)` draws `f(published table)`; the older `figure(name, fig, counts, redraw=f)` also works.
-    `kind` says what it draws: "histogram" (bars of counts, the default) or "line" (a curve such as a calibration plot or a decision curve).
+    `kind` says what it draws: "histogram" (bars of counts, the default), "line" (a curve such as a calibration plot or a decision curve),
+    "bar" (bars of a statistic with its interval, e.g. mean |SHAP|), "dependence" (a statistic per bin of a variable with its interval,
+    e.g. binned SHAP dependence) or "forest" (an estimate with its interval per subgroup).
     `svg=True` also writes the same figure as SVG with its text as text (a reader, or a test, can read the numbers it shows)."""
     if kind not in FIGURE_KINDS: raise InputError(f"kind must be one of {list(FIGURE_KINDS)}; got {kind!r}")
     save = lambda f: (lambda p: f.savefig(p, dpi=100, metadata={"Software": None}))
@@ -564,7 +568,7 @@ def _acro_results(outputs: list[Output], all_: bool = False) -> dict:
                       "properties": {"method": o.method, "name": o.name},
                       "files": [{"name": f.name, "sdc": sdc} for f, _ in o.files] or [{"name": "", "sdc": sdc}],
                       "outcome": outcome,
-                      "command": f"healthbench.disclosure.Session.{ {'regression': 'model', 'histogram': 'figure', 'line': 'figure'}.get(o.kind, o.kind) }({o.name!r})",
+                      "command": f"healthbench.disclosure.Session.{'figure' if o.kind in FIGURE_KINDS else {'regression': 'model'}.get(o.kind, o.kind)}({o.name!r})",
                       "summary": o.summary, "timestamp": o.timestamp, "comments": [o.comment] if o.comment else [],
                       "exception": "", "reasons": o.reasons, "sha256": o.sha256}
     return {"version": ACRO_VERSION, "results": res}

@@ -1,4 +1,4 @@
-"""The run reports of the characterise and survival templates are documents a researcher can publish.
+"""The run reports of the characterise, survival, explain and fairness templates are documents a researcher can publish.
 
 Each template runs for real on a small synthetic CDM; its `report.html` is then read as a reader reads it (the HTML
 tables' cells as text, the embedded figures as bytes) and compared with the release bundle, read independently: the
@@ -6,7 +6,10 @@ bundle's CSV files, its PNG figures and the SVG copy of the Kaplan-Meier figure 
 risk it draws can be read back). Checked: the characterise report shows the participant-flow figure and the incidence
 table; the survival report shows the Kaplan-Meier figure and the hazard ratios; the figure's numbers at risk are the
 released at-risk tables' numbers ('[c]' where disclosure control merged an interval away); suppressed cells read
-'[c]', never NaN; age bands are in age order; no code, script or local path is in a report.
+'[c]', never NaN; age bands are in age order; no code, script or local path is in a report. The explain and fairness
+reports (from a predict run) show exactly the released figures, each with its numbered caption and released with the kind
+it draws (SHAP importance 'bar', binned dependence 'dependence', subgroup forest plots 'forest'); their tables match the
+released CSVs cell by cell, a suppressed bin or subgroup reads '[c]'; a failed run's report shows its error.
 """
 
 from __future__ import annotations
@@ -185,3 +188,137 @@ def test_age_bands_in_age_order(reports):
     rep, _ = _read(reports["survival"])
     s1 = rep.table("Table S1. Released at-risk tables")["rows"]
     assert [r[0] for r in s1 if len(r) == 1] == AGE_BANDS
+
+
+# --- explain and fairness: run reports of a model, from a predict run --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_reports(tmp_path_factory) -> dict[str, Path]:
+    "A predict run on a small synthetic CDM, then explain (every feature's dependence, few rows: small bins) and fairness on it."
+    d = tmp_path_factory.mktemp("model_reports")
+    cdm = d / "cdm.duckdb"
+    generate(6000, 3, str(cdm), progress=False)
+    predict = run("predict", {"cdm_path": str(cdm), "folds": 3, "seed": 0}, d / "predict", progress=False).run_dir
+    return {"predict": predict,
+            "explain": run("explain", {"predict_run": str(predict), "rows": 300, "top": 40}, d / "explain", progress=False).run_dir,
+            "fairness": run("fairness", {"predict_run": str(predict), "n_boot": 50}, d / "fairness", progress=False).run_dir}
+
+
+def _kinds(run_dir: Path) -> dict[str, str]:
+    import json
+    results = json.loads((run_dir / "release" / "results.json").read_text())["results"].values()
+    return {r["properties"]["name"]: r["type"] for r in results}
+
+
+@pytest.mark.parametrize("name", ["explain", "fairness"])
+def test_model_reports_are_documents(model_reports, name):
+    "No script, code, repr or local path; every table captioned, no empty or NaN cell, no pandas index column."
+    rd = model_reports[name]
+    rep, text = _read(rd)
+    assert "<script" not in text.lower() and "<link" not in text.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|@import|url\(\s*["']?(https?:)?//""", text), "loads something from the web"
+    for local in (str(rd), str(model_reports["predict"]), str(rd.parent), "/tmp/", "/work/", str(Path.home()) + "/"):
+        assert local not in text, f"{name}'s report holds the local path {local!r}"
+    for code in ("Output(", "import ", "session.", "RunResult", "<pre", "Counted("):
+        assert code not in text, f"{name}'s report shows {code!r}"
+    assert rep.tables and all(t["caption"].strip() for t in rep.tables)
+    cells = [c for t in rep.tables for r in t["head"] + t["rows"] for c in r]
+    assert not [c for c in cells if re.search(r"\b(nan|NaN|None|<NA>)\b|Unnamed", c)]
+    for t in rep.tables:
+        assert all(c for r in t["rows"] if len(r) > 1 for c in r), f"an empty cell in {t['caption'][:50]!r}"
+        assert t["head"][0][1:] and all(t["head"][0][1:]), f"an empty heading in {t['caption'][:50]!r}"
+
+
+@pytest.mark.parametrize("name", ["explain", "fairness"])
+def test_model_reports_show_each_released_figure_once_with_its_caption(model_reports, name):
+    "The figures shown are exactly the released PNGs (no per-person beeswarm), each under 'Figure k.', k = 1, 2, ... in order."
+    rd = model_reports[name]
+    rep, _ = _read(rd)
+    released = read_release(rd / "release")
+    pngs = {hashlib.sha256(f.read_bytes()).hexdigest(): n for n, fs in released.items() for f in fs if f.suffix == ".png"}
+    shown = [(alt, hashlib.sha256(b).hexdigest()) for alt, b in rep.images]
+    assert sorted(h for _, h in shown) == sorted(pngs), "the report shows a figure that is not released, or misses one"
+    assert [re.match(r"Figure (\d+)\. \S", alt).group(1) for alt, _ in shown] == [str(k) for k in range(1, len(shown) + 1)]
+    by_name = {pngs[h]: alt for alt, h in shown}
+    if name == "explain":
+        import joblib
+        est = joblib.load(model_reports["predict"] / "models" / "gradient_boosting.joblib").steps[-1][1]
+        assert type(est).__name__ == "HistGradientBoostingClassifier"     # its SHAP values are on the log-odds scale
+        assert "Global importance" in by_name["importance_plot"] and "log-odds" in by_name["importance_plot"]
+        assert all("log-odds" in alt for n, alt in by_name.items() if n.startswith("dependence_"))
+    else:
+        assert set(by_name) == {"subgroups_auroc", "subgroups_citl", "subgroups_cal_slope", "subgroups_tpr"}
+        assert "AUROC" in by_name["subgroups_auroc"] and "Calibration slope" in by_name["subgroups_cal_slope"]
+
+
+def test_model_report_figures_are_released_with_the_kind_they_draw(model_reports):
+    "SHAP importance bars are 'bar', binned dependence 'dependence', subgroup forest plots 'forest'; tables are 'table'."
+    from healthbench.release import FIGURE_KINDS
+    ex, fa = _kinds(model_reports["explain"]), _kinds(model_reports["fairness"])
+    assert ex["importance_plot"] == "bar"
+    deps = [n for n in ex if n.startswith("dependence_") and n.endswith("_plot")]
+    assert deps and {ex[n] for n in deps} == {"dependence"}
+    assert {fa[f"subgroups_{m}"] for m in ("auroc", "citl", "cal_slope", "tpr")} == {"forest"}
+    for kinds in (ex, fa):
+        assert "histogram" not in kinds.values()
+        assert all(k == "table" for n, k in kinds.items() if not n.endswith("_plot") and not n.startswith("subgroups_"))
+        assert {"bar", "dependence", "forest"} <= set(FIGURE_KINDS)
+
+
+def test_explain_report_shows_suppressed_bins_as_c(model_reports):
+    "Every released dependence table is in Table S1, bin by bin, in the order of the released importance; a suppressed bin reads [c]."
+    rd = model_reports["explain"]
+    rep, text = _read(rd)
+    released = read_release(rd / "release")
+    order = [r["feature"] for r in _csv([f for f in released["importance"] if f.suffix == ".csv"][0])]
+    deps = [_csv([f for f in released[f"dependence_{f}"] if f.suffix == ".csv"][0]) for f in order if f"dependence_{f}" in released]
+    s1 = rep.table("Table S1. Binned SHAP dependence")["rows"]
+    groups, g = [], None
+    for r in s1:
+        if len(r) == 1: g = []; groups.append(g)
+        else: g.append(r)
+    assert len(groups) == len(deps)
+    hidden = 0
+    for got, want in zip(groups, deps):
+        assert [r[0] for r in got] == [w["bin"][:1].upper() + w["bin"][1:] for w in want]       # as a row label: 'Female'
+        for r, w in zip(got, want):
+            assert r[1] == _count(w["n"])
+            if w["n"] == "[c]": hidden += 1; assert r[3] == "[c]"
+            else: assert r[3] == f"{w['mean_shap']} ({w['lo']} to {w['hi']})"
+    assert hidden, "300 rows and every feature: some bin must be small enough to suppress"
+    assert re.search(rf"\[c\]</b>: {hidden} bin counts suppressed by disclosure control \(uk_default rules\)", text)
+
+
+def test_fairness_report_shows_suppressed_subgroups_as_c(model_reports):
+    "Table 1 has a row per released subgroup with its counts and AUROC as released; what is suppressed or not analysed reads [c], with the reason."
+    rd = model_reports["fairness"]
+    rep, text = _read(rd)
+    released = read_release(rd / "release")
+    rows = _csv([f for f in released["subgroup_report"] if f.suffix == ".csv"][0])
+    t1 = rep.table("Table 1. Discrimination and calibration")
+    assert t1["head"][0][:4] == ["Subgroup", "Records", "Events", "AUROC (95% CI)"]
+    shown = {r[0]: r for r in t1["rows"] if len(r) > 1}
+    def name(r):
+        if r["variable"] == "overall": return "Overall"
+        return f"IMD quintile {r['group']}" if r["variable"] == "imd_quintile" else r["group"][:1].upper() + r["group"][1:]
+    assert len(shown) == len(rows)
+    c = lambda x: "[c]" if x in ("", "[c]") else _count(x)
+    for r in rows:
+        got = shown[name(r)]
+        assert got[1:3] == [c(r["n"]), c(r["events"])], name(r)
+        auroc = [r["auroc"], r["auroc_lo"], r["auroc_hi"]]
+        assert got[3] == ("[c]" if {"", "[c]"} & set(auroc) else f"{auroc[0]} ({auroc[1]} to {auroc[2]})")
+    not_analysed = [name(r) for r in rows if r["reason"].startswith("fewer")]
+    assert not_analysed, "a test split this small has a subgroup with fewer than 10 events"
+    for n in not_analysed: assert all(x == "[c]" for x in shown[n][3:]) and n in text
+
+
+def test_failed_explain_run_report_shows_its_error(tmp_path):
+    "A run that fails still writes its report, and the report says why (the error), with no script."
+    from healthbench.errors import TemplateRunError
+    (tmp_path / "not_a_predict_run").mkdir()
+    with pytest.raises(TemplateRunError):
+        run("explain", {"predict_run": str(tmp_path / "not_a_predict_run")}, tmp_path / "run", progress=False)
+    text = (tmp_path / "run" / "report.html").read_text()
+    assert "TemplateError" in text and "predict_run must be a folder written by the predict template" in text
+    assert "<script" not in text.lower()
