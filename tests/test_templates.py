@@ -626,6 +626,8 @@ def test_tripod_report_missing_data_and_counts_read_as_a_reader_expects(report_r
     for n in (1, 3, 4, 9):
         bad = [c for c in _cells(_section(report, n)) if re.match(r"^-?\d", c) and _UNSEPARATED.search(c)]   # numeric cells
         assert not bad, f"section {n}: counts without thousands separators {bad[:5]}"
+    subgroups = [r[0][1] for t in _html_tables(_section(report, 9)) for r in t["rows"][1:] if r[0][1]]
+    assert subgroups == ["Overall", "Sex", "Ethnicity (ONS 2021 group)", "IMD quintile (1 = most deprived)"], subgroups
     att = pd.read_csv(report_run.run_dir / "runs" / "characterise" / "release" / "attrition.csv", dtype=str)
     persons = int(att["persons"].iloc[0])
     assert persons >= 1000 and f"{persons:,}" in _cells(_section(report, 1))
