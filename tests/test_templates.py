@@ -15,6 +15,7 @@ and the `default` (data-driven) covariates: each completes, passes disclosure co
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -537,9 +538,111 @@ def test_tripod_report_and_model_card_read_as_documents(report_run):
     rows = [[x for _, x in r] for t in _html_tables(_section(report, 3)) for r in t["rows"]]
     shown = [r[1] for r in rows if len(r) > 1 and r[1] in bands]
     assert shown == by_age, shown
-    assert "systolic_bp (mmHg)" in s3 and "age (years)" in s3
+    assert "Systolic blood pressure, mmHg" in s3 and "Age, years" in s3
     missing = [r for r in rows if len(r) > 1 and r[1] == "missing"]
     assert missing and all(("%" in c) or c == "[c]" for r in missing for c in r[2:-1]), missing
     # suppressed cells keep healthbench's marker
     sub = (report_run.run_dir / "runs" / "fairness" / "release" / "subgroup_report.csv").read_text()
     if "[c]" in sub: assert "<td class='n'>[c]</td>" in _section(report, 9)
+
+
+# --- predict's and report's run reports are documents (template metadata "report": "document") ------------------------
+
+_UNSEPARATED = re.compile(r"(?<![\d.,e-])\d{4,}(?![\d.])")     # a whole number of 1,000 or more printed without separators
+
+
+def _no_local_paths(text: str, run_dir: Path):
+    for local in (str(run_dir), str(run_dir.parent), "/tmp/", "/work/", str(Path.home()) + "/"):
+        assert local not in text, f"the page holds the local path {local!r}"
+
+
+def _cells(text: str) -> list[str]:
+    return [x for t in _html_tables(text) for r in t["rows"] for _, x in r]
+
+
+def test_predict_run_report_is_a_document(report_run):
+    "Results and prose only: no code, no script, no local path; numbered captions; released values as released; [c] explained."
+    import pandas as pd
+    pr = report_run.run_dir / "runs" / "predict"
+    page = (pr / "report.html").read_text()
+    assert "<script" not in page and "cdn.jsdelivr" not in page and "https://" not in page.split("<body", 1)[1]
+    _no_local_paths(page, pr)
+    assert "import joblib" not in page and "session.table(" not in page            # no code cells
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)      # the figures' bytes are not text
+    for bad in ("Output(", "Unnamed:", "<NA>", "dtype:", "NaN"): assert bad not in text, bad
+    tables = _html_tables(page)
+    assert all(t["caption"].strip() for t in tables)
+    for n in range(1, 6): assert any(t["caption"].startswith(f"Table {n}.") for t in tables), f"Table {n} missing"
+    for n in range(1, 4): assert f"<b>Figure {n}.</b>" in page, f"Figure {n} missing"
+    assert "Calibration of the logistic regression model" in page and "Decision curve on the test split" in page
+    # the split's counts as released, with thousands separators (the released CSV read here, without healthbench)
+    split = pd.read_csv(pr / "release" / "split.csv", dtype=str).set_index("group")
+    cells = _cells(page)
+    total = int(split.loc["All", "records"])
+    assert total >= 1000 and f"{total:,}" in cells and str(total) not in cells
+    # every released coefficient is shown, to its released value: a suppressed marker only where the release has one
+    coef = pd.read_csv(pr / "release" / "logistic_coefficients.csv", dtype=str)
+    t5 = next(t for t in tables if t["caption"].startswith("Table 5."))
+    shown = [r[1][1] for r in t5["rows"][1:]]
+    assert [f"{float(v):.3g}" for v in coef["coefficient"]] == shown
+    labels = [r[0][1] for r in t5["rows"][1:]]
+    assert "Systolic blood pressure, per SD" in labels and "Sex: female" in labels and not any("_" in x for x in labels)
+    # a suppressed calibration bin is counted in the figure's note
+    bins = pd.read_csv(pr / "release" / "calibration_bins_logistic.csv", dtype=str, keep_default_na=False)
+    hidden = int((bins["observed"] == "[c]").sum())
+    if hidden: assert f"{hidden} of {len(bins)} bins suppressed by disclosure control" in page
+    # the model specification (a custom output) is shown readably: rare one-hot levels listed in a table cell, not as JSON
+    spec = json.loads((pr / "release" / "model_specification.json").read_text())
+    eth = spec["models"]["logistic"]["categorical"]["levels"]["ethnicity"]
+    assert any(c.startswith(f"one indicator per level ({len(eth)}):") and all(l in c for l in eth) for c in cells)
+    assert '"models"' not in text and "{'" not in text
+
+
+def test_report_run_report_is_a_document(report_run):
+    "The report run's page shows the TRIPOD+AI report's sections and the disclosure log, and nothing of the code."
+    page = (report_run.run_dir / "report.html").read_text()
+    assert "<script" not in page and "https://" not in page.split("<body", 1)[1]
+    _no_local_paths(page, report_run.run_dir)
+    assert "import functools" not in page and "def table(" not in page and "session.custom(" not in page   # no code
+    for n in range(1, 13): assert f"<h2>{n}. " in page, f"section {n} missing"
+    assert "Outputs of this run and their disclosure checks" in page and "tripod_ai_report" in page
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)
+    for bad in ("Unnamed:", "<NA>", "NaN", "dtype:", "{'"): assert bad not in text, bad
+
+
+def test_tripod_report_missing_data_and_counts_read_as_a_reader_expects(report_run):
+    "Missing data by labelled variable with units (not raw names); every count of 1,000 or more has thousands separators."
+    import pandas as pd
+    report = (report_run.run_dir / "release" / "tripod_ai_report.html").read_text()
+    t1 = pd.read_csv(report_run.run_dir / "runs" / "characterise" / "release" / "table1.csv", dtype=str, keep_default_na=False)
+    with_missing = list(dict.fromkeys(t1[t1.iloc[:, 1] == "missing"].iloc[:, 0]))
+    by_hand = {"smoking": "Smoking status", "total_cholesterol": "Total cholesterol, mmol/L", "hdl_cholesterol": "HDL cholesterol, mmol/L",
+               "bmi": "Body mass index, kg/m²", "hba1c": "HbA1c, mmol/mol", "systolic_bp": "Systolic blood pressure, mmHg"}
+    assert with_missing and set(with_missing) <= set(by_hand)
+    miss = _html_tables(_section(report, 4))[0]
+    assert [r[0][1] for r in miss["rows"][1:]] == [by_hand[v] for v in with_missing]
+    s3 = _section(report, 3)
+    assert not any(raw in _cells(s3) for raw in with_missing + ["age", "age_band", "imd_quintile"])
+    for n in (1, 3, 4, 9):
+        bad = [c for c in _cells(_section(report, n)) if re.match(r"^-?\d", c) and _UNSEPARATED.search(c)]   # numeric cells
+        assert not bad, f"section {n}: counts without thousands separators {bad[:5]}"
+    subgroups = [r[0][1] for t in _html_tables(_section(report, 9)) for r in t["rows"][1:] if r[0][1]]
+    assert subgroups == ["Overall", "Sex", "Ethnicity (ONS 2021 group)", "IMD quintile (1 = most deprived)"], subgroups
+    att = pd.read_csv(report_run.run_dir / "runs" / "characterise" / "release" / "attrition.csv", dtype=str)
+    persons = int(att["persons"].iloc[0])
+    assert persons >= 1000 and f"{persons:,}" in _cells(_section(report, 1))
+
+
+def test_failed_predict_run_report_says_why(tmp_path):
+    "Document mode keeps the error: a predict run on a cohort nobody enters fails, and its report.html says why."
+    from healthbench.templates import bp_cohort
+    nobody = bp_cohort()
+    nobody.name, nobody.demographics.age_min, nobody.demographics.age_max = "nobody", 120, 130
+    with pytest.raises(TemplateRunError) as e:
+        run("predict", {"cohort_json": nobody.to_json(), "persons": 500}, tmp_path / "bad", progress=False)
+    m = json.loads((tmp_path / "bad" / "manifest.json").read_text())
+    assert m["status"] == "failed"
+    page = (tmp_path / "bad" / "report.html").read_text()
+    assert "<script" not in page
+    ename, evalue = m["failure"]["error"].split(": ", 1)
+    assert ename in page and evalue.split("\n")[0][:40] in __import__("html").unescape(page)
