@@ -99,6 +99,10 @@ def _claim_demo(out: Path, runs: Path | None):
         why = "appeared while the demo started (another demo running?)" if isinstance(e, FileExistsError) else f"cannot be created ({e.strerror})"
         raise InputError(f"{e.filename} {why}; nothing was changed") from None
 
+def _import_runner():
+    "Import what running templates needs, so a later import finds it loaded."
+    import papermill, nbconvert.exporters.html, healthbench.templates   # noqa: F401
+
 def _demo(args) -> int:
     persons, seed = _persons_and_seed(args)
     out = Path(args.out)
@@ -112,6 +116,8 @@ def _demo(args) -> int:
                          f"{'it' if len(taken) == 1 else 'them'} aside (renamed with a timestamp, not deleted)")
     for old, new in _move_aside(taken) if taken else []: print(f"moved {old} aside to {new}")
     _claim_demo(out, runs)
+    if runs is not None:     # the template runner's imports (papermill, nbconvert: ~1 s) load on the idle core meanwhile
+        threading.Thread(target=_import_runner, daemon=True).start()
     print(f"healthbench {__version__} demo: generating a synthetic OMOP CDM with {persons:,} persons (seed {seed})")
     try: generate(persons, seed=seed, path=out, overwrite=True, progress=not args.quiet)   # replaces only the empty file claimed above
     except BaseException:
