@@ -324,7 +324,7 @@ def life_table(t: pd.DataFrame) -> pd.DataFrame:
     t = t.astype({"time": float, "at_risk": float, "events": float, "censored": float})
     n = (t.at_risk - t.censored / 2).to_numpy()
     d = t.events.to_numpy()
-    q = np.divide(d, n, out=np.zeros(len(t)), where=n > 0)
+    q = np.clip(np.divide(d, n, out=np.zeros(len(t)), where=n > 0), 0, 1)     # rounded counts can hold more events than the risk set
     s = np.r_[1.0, np.cumprod(1 - q)]
     var = np.r_[0.0, np.cumsum(np.divide(d, n * (n - d), out=np.zeros(len(t)), where=(n - d) > 0))]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -347,7 +347,7 @@ def merged_intervals(t: pd.DataFrame, step_days: float, horizon_days: float) -> 
 
 def km_method_note(tables: dict, step_days: float, horizon_days: float, threshold: int) -> str:
     "What a curve drawn by `plot_km_at_risk` shows and how its intervals were merged, for a figure's caption."
-    years = horizon_days >= 730
+    years = horizon_days >= 730 and step_days >= 365      # as the axis, unless the intervals are shorter than a year
     unit = "years" if years else "days"
     merged = {str(k): merged_intervals(v, step_days, horizon_days) for k, v in tables.items() if v is not None and len(v)}
     merged = {k: m for k, m in merged.items() if m}
@@ -435,7 +435,7 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
     tab.tick_params(axis="x", length=0, labelbottom=False)
     for side in ("top", "right", "left", "bottom"): tab.spines[side].set_visible(False)
     tab.set_title("Number at risk", fontsize=9, loc="left", fontweight="bold")
-    ax.set_xlabel(f"{'Years' if years else 'Days'} since index")
+    ax.set_xlabel(f"{'Years' if years else 'Days'} since entry")
     return fig
 
 def at_risk_from_svg(svg: str | Path) -> dict:
