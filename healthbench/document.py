@@ -21,7 +21,7 @@ from .errors import InputError
 __all__ = ['MEASUREMENT_UNITS', 'UNITS', 'LABELS', 'label', 'in_text', 'level_key', 'document', 'read_released',
            'count_suppressed', 'rounding_note', 'disclosure_note', 'table_html', 'figure_html', 'withheld_html',
            'table_one_html', 'incidence_html', 'hazard_ratio_html', 'flow_frame', 'plot_flow', 'life_table',
-           'plot_km_at_risk', 'at_risk_from_svg']
+           'merged_intervals', 'km_method_note', 'plot_km_at_risk', 'at_risk_from_svg']
 
 # %% ../nbs/09a_document.ipynb #a2e8527e
 #: the unit each measurement of the synthetic example is recorded in (healthbench.vocabulary's UNIT concepts)
@@ -317,22 +317,65 @@ def plot_flow(published: pd.DataFrame, title: str = ""):
 
 # %% ../nbs/09a_document.ipynb #f4781f78
 def life_table(t: pd.DataFrame) -> pd.DataFrame:
-    "Survival at the start of each interval of a published at-risk table (time, at_risk, events, censored), with its Greenwood 95% CI."
-    t = t.astype({"time": float, "at_risk": float, "events": float})
-    q = (t.events / t.at_risk).to_numpy()
+    """Actuarial (life-table) survival from a published at-risk table (time, at_risk, events, censored): one row per interval
+    end — survival at the start of each interval, then at the end of the last — with a log-log Greenwood 95% CI.
+    Each interval's risk set is its people at risk less half its censorings (Cutler and Ederer: a censored person is at risk for
+    half the interval on average), so a merged interval's many censorings do not understate its risk."""
+    t = t.astype({"time": float, "at_risk": float, "events": float, "censored": float})
+    n = (t.at_risk - t.censored / 2).to_numpy()
+    d = t.events.to_numpy()
+    q = np.clip(np.divide(d, n, out=np.zeros(len(t)), where=n > 0), 0, 1)     # rounded counts can hold more events than the risk set
     s = np.r_[1.0, np.cumprod(1 - q)]
-    var = np.r_[0.0, np.cumsum(np.divide(t.events, t.at_risk * (t.at_risk - t.events),
-                                         out=np.zeros(len(t)), where=(t.at_risk - t.events).to_numpy() > 0))]
-    se = s * np.sqrt(var)
-    return pd.DataFrame({"survival": s, "lo": np.clip(s - 1.96 * se, 0, 1), "hi": np.clip(s + 1.96 * se, 0, 1)})
+    var = np.r_[0.0, np.cumsum(np.divide(d, n * (n - d), out=np.zeros(len(t)), where=(n - d) > 0))]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        v = np.log(s)
+        w = 1.96 * np.sqrt(var) / v                              # log S < 0: exp(-exp(log(-log S) - w)) is the lower limit
+        lo, hi = np.exp(-np.exp(np.log(-v) - w)), np.exp(-np.exp(np.log(-v) + w))
+    lo, hi = (np.where(s >= 1, 1.0, np.where(s <= 0, 0.0, x)) for x in (lo, hi))
+    return pd.DataFrame({"survival": s, "lo": lo, "hi": hi})
+
+def _time_text(days: float, years: bool) -> str:
+    x = days / 365.25 if years else days
+    return (f"{round(x)}" if abs(x - round(x)) < 0.01 else f"{x:.1f}") if years else f"{x:g}"
+
+def merged_intervals(t: pd.DataFrame, step_days: float, horizon_days: float) -> list[tuple[float, float]]:
+    """The intervals (start, end in days) of a published at-risk table that span more than one of the `step_days` intervals
+    it was computed on: where disclosure control merged intervals, so the table does not say when in them the events fell."""
+    starts = [float(x) for x in t["time"] if float(x) < horizon_days]
+    ends = starts[1:] + [float(horizon_days)]
+    return [(a, b) for a, b in zip(starts, ends) if b - a > step_days + 1e-9]
+
+def km_method_note(tables: dict, step_days: float, horizon_days: float, threshold: int) -> str:
+    "What a curve drawn by `plot_km_at_risk` shows and how its intervals were merged, for a figure's caption."
+    years = horizon_days >= 730 and step_days >= 365      # as the axis, unless the intervals are shorter than a year
+    unit = "years" if years else "days"
+    merged = {str(k): merged_intervals(v, step_days, horizon_days) for k, v in tables.items() if v is not None and len(v)}
+    merged = {k: m for k, m in merged.items() if m}
+    text = (f"Actuarial (life-table) estimates from the released at-risk tables, at the end of each released interval (dots), "
+            f"joined by straight lines; shaded: 95% confidence intervals (Greenwood, log-log), joined the same way. The tables "
+            f"were computed in intervals of {step_days:g} days and give the events in each interval, not their days: a line "
+            f"shows the change across an interval as if its events were spread evenly over it, and only the dots are estimates.")
+    if merged:
+        spans = "; ".join(f"{_level_text(k)}: " + ", ".join(f"{_time_text(a, years)}–{_time_text(b, years)}" for a, b in m)
+                          for k, m in sorted(merged.items(), key=lambda kv: level_key(kv[0])))
+        text += (f" Disclosure control merged consecutive intervals until each held no events or at least {threshold}, and "
+                 f"no censorings or at least {threshold}, so some lines (dashed) span a longer interval ({unit} since entry: {spans}); "
+                 f"events in such an interval may have fallen anywhere in it.")
+    return text
 
 def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", outcome: str = "the outcome",
-                    cumulative: bool = True):
-    """Kaplan-Meier (life-table) curves drawn from published at-risk tables ({level: table}), with the numbers at risk at
-    each of the tables' time points under the axis, taken from those tables ('[c]' where a time point was merged away).
-    `cumulative` plots 1 - survival in % (Pocock et al., Lancet 2002: for low event rates)."""
+                    cumulative: bool = True, step_days: float | None = None):
+    """Life-table curves drawn from published at-risk tables ({level: table}): the actuarial estimate at the end of each
+    published interval (a dot), joined by straight lines, with its 95% band joined the same way — a merged interval shows as
+    one straight segment, never as a step on its last day. Under the axis, the numbers at risk at each of the tables' time
+    points, taken from those tables ('[c]' where a time point was merged away).
+    `cumulative` plots 1 - survival in % (Pocock et al., Lancet 2002: for low event rates). Given `step_days` (the width of
+    the intervals the tables were computed on), a segment across a merged interval is dashed.
+    Each curve's dots, its lines and its band carry SVG ids (`km|level`, `km_line|level`, `km_ci|level`) so a reader of the SVG can find them."""
     import matplotlib, matplotlib.ticker
     from matplotlib.figure import Figure
+    from matplotlib.collections import LineCollection
+    from matplotlib.lines import Line2D
     tables = {str(k): v for k, v in tables.items() if v is not None and len(v)}
     if not tables: raise InputError("no published at-risk table to draw")
     levels = sorted(tables, key=level_key)
@@ -343,9 +386,9 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
     fig = Figure(figsize=(7.5, 4.6 + 0.26 * n), layout="constrained")
     ax, tab = fig.subplots(2, 1, sharex=True, height_ratios=[4.2, 0.45 + 0.26 * n])
     colours = matplotlib.colormaps["tab10"].colors
-    top = 0.0
+    top, handles, any_merged = 0.0, [], False
     for i, lv in enumerate(levels):
-        t = tables[lv].astype({"time": float, "at_risk": float, "events": float})
+        t = tables[lv].astype({"time": float, "at_risk": float, "events": float, "censored": float})
         t = t[t.time < horizon_days]           # a row at the horizon only gives the number still at risk there
         lt = life_table(t)
         x = np.r_[t.time.to_numpy(), horizon_days] / scale
@@ -353,20 +396,29 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
         if cumulative: y, lo, hi = 100 * (1 - y), 100 * (1 - hi), 100 * (1 - lo)
         top = max(top, float(np.nanmax(hi)))
         c = colours[i % len(colours)]
-        ax.step(x, y, where="post", color=c, lw=1.8, label=_level_text(lv))
-        ax.fill_between(x, lo, hi, step="post", color=c, alpha=0.12, lw=0)
+        ax.fill_between(x, lo, hi, color=c, alpha=0.12, lw=0, gid=f"km_ci|{lv}")
+        spans = set(merged_intervals(t, step_days, horizon_days)) if step_days else set()
+        dashed = [(a, b) in spans for a, b in zip(x[:-1] * scale, x[1:] * scale)]
+        any_merged |= any(dashed)
+        ax.add_collection(LineCollection([[(x[k], y[k]), (x[k + 1], y[k + 1])] for k in range(len(x) - 1)], colors=[c], lw=1.8,
+                                         linestyles=[(0, (3.5, 2)) if d else "solid" for d in dashed], gid=f"km_line|{lv}",
+                                         capstyle="round"))
+        ax.plot(x, y, ls="none", color=c, marker="o", ms=3.5, gid=f"km|{lv}", zorder=3)
+        handles.append(Line2D([], [], color=c, lw=1.8, marker="o", ms=3.5, label=_level_text(lv)))
     if cumulative:
         ax.set_ylim(0, max(5.0, math.ceil(top / 5) * 5))
         ax.yaxis.set_major_locator(matplotlib.ticker.MultipleLocator(5 if top > 10 else 1))
         ax.set_ylabel(f"Cumulative incidence of {outcome} (%)")
     else:
         ax.set_ylim(0, 1.02); ax.set_ylabel("Event-free survival")
-    ax.set_xlim(-0.01 * horizon_days / scale, 1.015 * horizon_days / scale)   # the last interval's step stays visible
-    ticks = [g / scale for g in grid if g <= horizon_days]
-    ax.set_xticks(ticks, [(f"{round(x)}" if abs(x - round(x)) < 0.01 else f"{x:.1f}") if years else f"{x:g}" for x in ticks])
+    ax.set_xlim(-0.01 * horizon_days / scale, 1.015 * horizon_days / scale)   # the last dot stays visible
+    ticks = [g for g in grid if g <= horizon_days]
+    if min(abs(horizon_days - g) for g in ticks) > 0.04 * horizon_days: ticks.append(float(horizon_days))   # where the curves end
+    ax.set_xticks([g / scale for g in ticks], [_time_text(g, years) for g in ticks])
     ax.grid(axis="y", color="#dddddd", lw=0.6)
     for side in ("top", "right"): ax.spines[side].set_visible(False)
-    ax.legend(title=group_label or None, frameon=False, loc="upper left", fontsize=9, title_fontsize=9)
+    if any_merged: handles.append(Line2D([], [], color="#555555", lw=1.4, ls=(0, (3.5, 2)), label="merged interval"))
+    ax.legend(handles=handles, title=group_label or None, frameon=False, loc="upper left", fontsize=9, title_fontsize=9)
     ax.tick_params(labelbottom=True)
     for row, lv in enumerate(levels):
         t = tables[lv].astype({"time": float})
@@ -383,7 +435,7 @@ def plot_km_at_risk(tables: dict, horizon_days: float, group_label: str = "", ou
     tab.tick_params(axis="x", length=0, labelbottom=False)
     for side in ("top", "right", "left", "bottom"): tab.spines[side].set_visible(False)
     tab.set_title("Number at risk", fontsize=9, loc="left", fontweight="bold")
-    ax.set_xlabel(f"{'Years' if years else 'Days'} since index")
+    ax.set_xlabel(f"{'Years' if years else 'Days'} since entry")
     return fig
 
 def at_risk_from_svg(svg: str | Path) -> dict:

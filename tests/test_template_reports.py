@@ -4,9 +4,11 @@ Each template runs for real on a small synthetic CDM; its `report.html` is then 
 tables' cells as text, the embedded figures as bytes) and compared with the release bundle, read independently: the
 bundle's CSV files, its PNG figures and the SVG copy of the Kaplan-Meier figure (text kept as text, so the numbers at
 risk it draws can be read back). Checked: the characterise report shows the participant-flow figure and the incidence
-table; the survival report shows the Kaplan-Meier figure and the hazard ratios; the figure's numbers at risk are the
-released at-risk tables' numbers ('[c]' where disclosure control merged an interval away); suppressed cells read
-'[c]', never NaN; age bands are in age order; no code, script or local path is in a report. The explain and fairness
+table; the survival report shows the participant-flow figure, the Kaplan-Meier figure and the hazard ratios; the figure's
+numbers at risk are the released at-risk tables' numbers ('[c]' where disclosure control merged an interval away); its
+curves pass through the actuarial estimates worked out here from the released at-risk tables, joined by straight lines
+(dashed across a merged interval), never steps; suppressed cells read '[c]', never NaN; age bands are in age order; no
+code, script or local path is in a report. The explain and fairness
 reports (from a predict run) show exactly the released figures, each with its numbered caption and released with the kind
 it draws (SHAP importance 'bar', binned dependence 'dependence', subgroup forest plots 'forest'); their tables match the
 released CSVs cell by cell, a suppressed bin or subgroup reads '[c]'; a failed run's report shows its error.
@@ -22,6 +24,7 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from healthbench.release import read_release
@@ -124,7 +127,7 @@ def test_survival_report_shows_the_km_figure_and_the_hazard_ratios(reports):
     rep, text = _read(rd)
     released = read_release(rd / "release")
     km_png = [f for f in released["km_age_band"] if f.suffix == ".png"][0]
-    shown = [b for alt, b in rep.images if alt.startswith("Figure 1.")]
+    shown = [b for alt, b in rep.images if alt.startswith("Figure 2.")]
     assert [hashlib.sha256(b).hexdigest() for b in shown] == [hashlib.sha256(km_png.read_bytes()).hexdigest()]
     hr = rep.table("Table 1. Hazard ratios")
     assert hr["head"][0] == ["Term", "Hazard ratio (95% CI)", "p"]
@@ -186,8 +189,109 @@ def test_age_bands_in_age_order(reports):
     header = next(csv.reader(open([f for f in released["table1"] if f.suffix == ".csv"][0])))
     assert header[2:6] == AGE_BANDS           # the released table itself is in age order, not text order
     rep, _ = _read(reports["survival"])
-    s1 = rep.table("Table S1. Released at-risk tables")["rows"]
+    s1 = rep.table("Table S2. Released at-risk tables")["rows"]
     assert [r[0] for r in s1 if len(r) == 1] == AGE_BANDS
+
+
+def test_survival_report_shows_the_participant_flow(reports):
+    "The survival report shows the cohort's participant flow as characterise does: the released figure and the released counts."
+    rd = reports["survival"]
+    rep, text = _read(rd)
+    released = read_release(rd / "release")
+    flow_png = [f for f in released["participant_flow"] if f.suffix == ".png"][0]
+    shown = [b for alt, b in rep.images if alt.startswith("Figure 1.")]
+    assert [hashlib.sha256(b).hexdigest() for b in shown] == [hashlib.sha256(flow_png.read_bytes()).hexdigest()]
+    assert "Figure 1. Participant flow" in re.sub(r"<[^>]+>", "", text)
+    flow = rep.table("Table S1. Participant flow")
+    rows = _csv([f for f in released["attrition"] if f.suffix == ".csv"][0])
+    assert len(rows) >= 2 and [r[1:] for r in flow["rows"]] == [[_count(r["persons"]), _count(r["records"])] for r in rows]
+
+
+SVG, XLINK = "{http://www.w3.org/2000/svg}", "{http://www.w3.org/1999/xlink}"
+
+
+def _svg_curves(svg: Path) -> dict:
+    """What a KM figure's SVG draws, in data units: per level its dots [(x, y)], its line segments [((x0, y0), (x1, y1),
+    dashed)] and the x of its band's corners; x in the axis' own unit (days or years), y in %. The pixel-to-data map is
+    read off the SVG's own tick marks and their labels, as a reader reads the axes."""
+    root = ET.parse(svg).getroot()
+    def ticks(prefix, coord):
+        out = []
+        for g in root.iter(SVG + "g"):
+            if not g.get("id", "").startswith(prefix): continue
+            label = "".join("".join(t.itertext()) for t in g.iter(SVG + "text")).strip()
+            use = next(g.iter(SVG + "use"), None)
+            if use is None or not re.fullmatch(r"-?\d+(\.\d+)?", label): continue
+            out.append((float(use.get(coord)), float(label)))
+        return out
+    fx, fy = (np.poly1d(np.polyfit(*zip(*ticks(p, c)), 1)) for p, c in (("xtick_", "x"), ("ytick_", "y")))
+    nums = lambda d: [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?(?:e-?\d+)?", d)]
+    curves = {}
+    for g in root.iter(SVG + "g"):
+        kind, _, level = g.get("id", "").partition("|")
+        if kind not in ("km", "km_line", "km_ci"): continue
+        c = curves.setdefault(level, {})
+        if kind == "km": c["dots"] = [(fx(float(u.get("x"))), fy(float(u.get("y")))) for u in g.iter(SVG + "use")]
+        elif kind == "km_line":
+            c["segments"] = []
+            for path in g.iter(SVG + "path"):
+                v = nums(path.get("d"))
+                assert len(v) == 4, "a segment is one straight line from one point to the next"
+                c["segments"].append(((fx(v[0]), fy(v[1])), (fx(v[2]), fy(v[3])), "stroke-dasharray" in (path.get("style") or "")))
+        else: c["band_x"] = [fx(x) for path in g.iter(SVG + "path") for x in nums(path.get("d"))[0::2]]
+    return curves
+
+
+def _actuarial(rows: list[dict], horizon: float) -> list[tuple[float, float]]:
+    "By hand: (day, cumulative incidence %) at the start of each released interval and at the horizon, risk set n - c/2."
+    rows = [r for r in rows if float(r["time"]) < horizon]
+    s, out = 1.0, [(float(rows[0]["time"]), 0.0)]
+    for k, r in enumerate(rows):
+        n = float(r["at_risk"]) - float(r["censored"]) / 2
+        s *= 1 - float(r["events"]) / n
+        out.append((float(rows[k + 1]["time"]) if k + 1 < len(rows) else horizon, 100 * (1 - s)))
+    return out
+
+
+def _check_km_curves(run_dir: Path, group_stem: str, horizon: float, step: float) -> int:
+    "The released KM figure's curves against the released at-risk tables; returns how many dashed (merged) segments it has."
+    released = read_release(run_dir / "release")
+    curves = _svg_curves([f for f in released[f"km_{group_stem}"] if f.suffix == ".svg"][0])
+    scale = 365.25 if horizon >= 730 else 1.0
+    tables = {n: _csv([f for f in fs if f.suffix == ".csv"][0]) for n, fs in released.items() if n.startswith(f"at_risk_{group_stem}_")}
+    assert tables and len(curves) == len(tables), (sorted(curves), sorted(tables))
+    dashed = 0
+    for level, c in curves.items():
+        stem = re.sub(r"[^0-9A-Za-z_.-]+", "_", level.replace("<", "under").replace("+", "plus")).strip("_")
+        want = _actuarial(tables[f"at_risk_{group_stem}_{stem}"], horizon)
+        got = c["dots"]
+        assert len(got) == len(want), level
+        for (gx, gy), (wx, wy) in zip(got, want):      # the dots are the estimates at the released time points
+            assert abs(gx * scale - wx) < 0.003 * horizon and abs(gy - wy) < 1e-3, (level, (gx * scale, gy), (wx, wy))
+        segs = c["segments"]                            # straight lines from each dot to the next: no step anywhere
+        assert len(segs) == len(got) - 1
+        for (a, b, d), p, q in zip(segs, got[:-1], got[1:]):
+            assert np.allclose(a, p, atol=1e-4) and np.allclose(b, q, atol=1e-4), level
+        for (a, b, d), (wa, _), (wb, _) in zip(segs, want[:-1], want[1:]):
+            assert d == (wb - wa > step + 1e-9), (level, wa, wb)      # dashed exactly across a merged interval
+            dashed += d
+        xs = sorted({round(x, 6) for x, _ in got})      # the band has corners only where the curve has dots
+        assert all(min(abs(x - y) for y in xs) < 1e-4 for x in c["band_x"]), level
+    return dashed
+
+
+def test_km_curves_pass_through_the_released_estimates(reports):
+    _check_km_curves(reports["survival"], "age_band", 3650, 365)      # yearly intervals; small age bands have merged ones
+
+
+def test_km_curves_across_merged_intervals_are_dashed_straight_lines(reports, tmp_path):
+    "30-day intervals on 6,000 people: disclosure control merges many, and the figure draws each as one dashed straight line."
+    cdm = reports["survival"].parent / "cdm.duckdb"
+    rd = run("survival", {"cdm_path": str(cdm), "horizon_days": 700, "step_days": 30}, tmp_path / "s", progress=False).run_dir
+    assert _check_km_curves(rd, "sex", 700, 30) > 0
+    rep, text = _read(rd)
+    plain = re.sub(r"<[^>]+>", "", text)
+    assert "joined by straight lines" in plain and "(dashed) span a longer interval (days since entry:" in plain
 
 
 # --- explain and fairness: run reports of a model, from a predict run --------------------------------------------------
