@@ -20,8 +20,8 @@ from .errors import InputError
 # %% auto #0
 __all__ = ['MEASUREMENT_UNITS', 'UNITS', 'LABELS', 'label', 'in_text', 'level_key', 'document', 'read_released',
            'count_suppressed', 'rounding_note', 'disclosure_note', 'table_html', 'figure_html', 'withheld_html',
-           'table_one_html', 'incidence_html', 'hazard_ratio_html', 'flow_frame', 'plot_flow', 'life_table',
-           'merged_intervals', 'km_method_note', 'plot_km_at_risk', 'at_risk_from_svg']
+           'table_one_html', 'incidence_html', 'hazard_ratio_html', 'flow_frame', 'plot_flow', 'flow_html',
+           'life_table', 'merged_intervals', 'km_method_note', 'plot_km_at_risk', 'at_risk_from_svg']
 
 # %% ../nbs/09a_document.ipynb #a2e8527e
 #: the unit each measurement of the synthetic example is recorded in (healthbench.vocabulary's UNIT concepts)
@@ -314,6 +314,18 @@ def plot_flow(published: pd.DataFrame, title: str = ""):
     if not title: ax.set_title("")
     plt.close(fig)          # returned, not also shown by the notebook's inline backend
     return fig
+
+def flow_html(table_output, figure_output, cohort_name: str, rules: Rules | None = None) -> str:
+    """The released participant flow as a report shows it: Figure 1, the flow diagram, then Table S1, people and records
+    after each step (counts with thousands separators, '[c]' as released), or what was withheld and why."""
+    if table_output.file is None: return withheld_html(table_output, "Participant flow")
+    released = read_released(table_output.file, index_col=0)
+    shown = released.rename(index=lambda s: s.split(". ", 1)[-1], columns=str.capitalize).map(_num)
+    figure = (figure_html(figure_output.file, "<b>Figure 1.</b> Participant flow: each box gives the people and records remaining "
+                          f"after a step of the definition of <i>{_e(cohort_name)}</i>, and each box beside it those the step excluded.")
+              if figure_output.file else withheld_html(figure_output, "Figure 1 (participant flow)"))
+    return figure + table_html(shown, "Table S1. Participant flow: people and records remaining after each step of the cohort definition",
+                               [disclosure_note(rules, count_suppressed(released))], stub="Step")
 
 # %% ../nbs/09a_document.ipynb #f4781f78
 def life_table(t: pd.DataFrame) -> pd.DataFrame:
