@@ -99,9 +99,18 @@ def _claim_demo(out: Path, runs: Path | None):
         why = "appeared while the demo started (another demo running?)" if isinstance(e, FileExistsError) else f"cannot be created ({e.strerror})"
         raise InputError(f"{e.filename} {why}; nothing was changed") from None
 
-def _import_runner():
-    "Import what running templates needs, so a later import finds it loaded."
-    import papermill, nbconvert.exporters.html, healthbench.templates   # noqa: F401
+def _demo_summary(out: Path):
+    "Print the demo CDM's version, fingerprint, row counts and cardiovascular outcome incidence."
+    with connect(out) as cdm:
+        counts = cdm.counts()
+        inc = outcome_incidence(cdm)
+        fp = cdm.fingerprint()
+    print(f"\nCDM v{fp['cdm_version']} at {out}  (fingerprint {fp['hash'][:12]})")
+    print(f"{'table':<22}{'rows':>12}")
+    for name, n in counts.items(): print(f"{name:<22}{n:>12,}")
+    print(f"\nCardiovascular outcome (first MI or stroke): {inc['events']:,} events in {inc['person_years']:,.0f} "
+          f"person-years = {inc['rate_per_1000py']:.1f} per 1,000 person-years "
+          f"({100 * inc['events'] / inc['persons']:.1f}% of persons)", flush=True)
 
 def _demo(args) -> int:
     persons, seed = _persons_and_seed(args)
@@ -116,44 +125,34 @@ def _demo(args) -> int:
                          f"{'it' if len(taken) == 1 else 'them'} aside (renamed with a timestamp, not deleted)")
     for old, new in _move_aside(taken) if taken else []: print(f"moved {old} aside to {new}")
     _claim_demo(out, runs)
-    if runs is not None:     # the template runner's imports (papermill, nbconvert: ~1 s) load on the idle core meanwhile
-        threading.Thread(target=_import_runner, daemon=True).start()
     print(f"healthbench {__version__} demo: generating a synthetic OMOP CDM with {persons:,} persons (seed {seed})")
     try: generate(persons, seed=seed, path=out, overwrite=True, progress=not args.quiet)   # replaces only the empty file claimed above
     except BaseException:
         if out.is_file() and out.stat().st_size == 0: out.unlink()     # our own empty claim
         raise
-    with connect(out) as cdm:
-        counts = cdm.counts()
-        inc = outcome_incidence(cdm)
-        fp = cdm.fingerprint()
-    print(f"\nCDM v{fp['cdm_version']} at {out}  (fingerprint {fp['hash'][:12]})")
-    print(f"{'table':<22}{'rows':>12}")
-    for name, n in counts.items(): print(f"{name:<22}{n:>12,}")
-    print(f"\nCardiovascular outcome (first MI or stroke): {inc['events']:,} events in {inc['person_years']:,.0f} "
-          f"person-years = {inc['rate_per_1000py']:.1f} per 1,000 person-years "
-          f"({100 * inc['events'] / inc['persons']:.1f}% of persons)")
-    if runs is not None: _demo_templates(out, runs, args)
+    summary = lambda: _demo_summary(out)
+    if runs is None: summary()
+    else: _demo_templates(out, runs, args, summary)      # the first templates start while the summary is worked out
     print("\nNext: open it in Python with  healthbench.cdm.connect(" + repr(str(out)) + ")")
     return 0
 
-def _demo_templates(cdm_path: Path, runs: Path, args):
+def _demo_templates(cdm_path: Path, runs: Path, args, summary=lambda: None):
     """Run the six templates on the demo CDM, all on the prediction example's cohort, two at a time: each starts as soon
-    as the runs it reads have finished, the longest chain (predict, then explain and fairness, then the report) first.
-    A line names each template as it starts and as it finishes; the end says where the reports and bundles are."""
+    as the runs it reads have finished, the longest chain (predict, fairness, the report) first, and survival, which no
+    run reads, last, beside the report. The first two start while `summary` prints; a line names each template as it
+    starts and as it finishes; the end says where the reports and release bundles are."""
     from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
     from healthbench.templates import run, bp_cohort
-    print(f"\nRunning the analysis templates on it, two at a time, ending with the model report (run folders in {runs}):")
     db, seed = str(cdm_path.resolve()), args.seed
     folder = lambda name: str((runs / name).resolve())
-    plan = {  # template: (parameters, the runs it reads), in the order they are started when free to start
-        "predict": ({"cdm_path": db}, ()),
-        "characterise": ({"cdm_path": db, "cohort_json": bp_cohort().to_json()}, ()),
-        "explain": ({"predict_run": folder("predict")}, ("predict",)),
-        "fairness": ({"predict_run": folder("predict")}, ("predict",)),
-        "survival": ({"cdm_path": db}, ()),
+    plan = {  # template: (parameters, the runs it reads, the runs that start before it), in the order they start
+        "predict": ({"cdm_path": db}, (), ()),
+        "characterise": ({"cdm_path": db, "cohort_json": bp_cohort().to_json()}, (), ()),
+        "fairness": ({"predict_run": folder("predict")}, ("predict",), ()),
+        "explain": ({"predict_run": folder("predict")}, ("predict",), ()),
         "report": ({"characterise_run": folder("characterise"), "predict_run": folder("predict"), "explain_run": folder("explain"),
-                    "fairness_run": folder("fairness"), "cdm_path": db}, ("characterise", "predict", "explain", "fairness"))}
+                    "fairness_run": folder("fairness"), "cdm_path": db}, ("characterise", "predict", "explain", "fairness"), ()),
+        "survival": ({"cdm_path": db}, (), ("explain", "fairness"))}
     t_all = time.perf_counter()
     def one(name):
         t0 = time.perf_counter()
@@ -163,13 +162,19 @@ def _demo_templates(cdm_path: Path, runs: Path, args):
               f"  {'':<13}          release bundle {r.run_dir / 'release'} ({passed} of {len(r.outputs)} outputs passed disclosure control)",
               flush=True)
         return r
-    done, running, failure = set(), {}, None
+    done, running, started, failure, said = set(), {}, [], None, 0
     with ThreadPoolExecutor(max_workers=2) as ex:
         while len(done) < len(plan) and failure is None:
-            for name, (_, needs) in plan.items():
-                if len(running) < 2 and name not in done and name not in running.values() and set(needs) <= done:
-                    if not args.quiet: print(f"  ... {name} started at {time.perf_counter() - t_all:4.1f} s", flush=True)
+            for name, (_, needs, later) in plan.items():
+                if len(running) < 2 and name not in started and set(needs) <= done and set(later) <= set(started):
                     running[ex.submit(one, name)] = name
+                    started.append(name)
+            if not said:
+                summary()
+                print(f"\nRunning the analysis templates on it, two at a time, ending with the model report (run folders in {runs}):")
+            for name in started[said:]:
+                if not args.quiet: print(f"  ... {name} started at {time.perf_counter() - t_all:4.1f} s", flush=True)
+            said = len(started)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
                 name = running.pop(f)

@@ -237,6 +237,7 @@ class Session:
         self.source = source
         self.outputs: dict[str, Output] = {}
         self._n = 0
+        self._publications: dict[int, tuple] = {}   # id(Counted): (it, its publication), so a figure of a released table draws what it released
 
     def __repr__(self):
         s = pd.Series([o.status for o in self.outputs.values()]).value_counts().to_dict()
@@ -350,6 +351,7 @@ class Session:
         pub = publish(c, self.rules, mitigate, dominance)
         linked = self._linked(c, pub, mitigate)
         if linked: pub = publish(c, self.rules, mitigate, dominance, hide=linked)
+        if mitigate == "auto" and not dominance: self._publications[id(c)] = (c, pub)
         populations = {g: self.ledger.hash(ids) if self.ledger else _hash_ids(ids) for g, ids in (c.population or {}).items()}
         reasons = []
         if check is not None: reasons = [f"{r}: {len(x)} cells" for r, x in check.cells.items() if x]
@@ -424,7 +426,9 @@ def figure(self: Session, name: str, fig, counts=None, *, draw: Callable | None 
     also = lambda f: {".svg": lambda p: _save_svg(f, p)} if svg else None
     if isinstance(fig, Counted):
         if draw is None: raise InputError("figure(name, counted, draw=...) needs draw: a function of the published table that returns the figure")
-        pub = publish(fig, self.rules)
+        known = self._publications.get(id(fig))
+        pub = known[1] if known is not None and known[0] is fig else publish(fig, self.rules)   # as the table released it
+        self._publications[id(fig)] = (fig, pub)
         if pub.exposed: return self._record(name, kind, "fail", ["small counts could be worked out"], pub.summary, comment=comment)
         f2 = draw(pub.table.mask(pub.hidden.to_numpy()))
         marks = _marks(f2)

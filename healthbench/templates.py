@@ -708,13 +708,19 @@ def verify(run_dir: str | Path, template: str | Path | None = None, progress: bo
 
 # %% ../nbs/09_templates.ipynb #2c07a9e3
 def template_cdm(cdm_path: str, out_dir: str | Path, persons: int = 5000, seed: int = 1):
-    "The CDM at `cdm_path`, or (if empty) a small synthetic one built in `out_dir/data` from `seed`."
+    """The CDM at `cdm_path`, or (if empty) a small synthetic one built in `out_dir/data` from `seed`. On DuckDB it runs
+    on the kernel's thread budget (`OMP_NUM_THREADS`, which `run` sets to one thread or `HB_KERNEL_THREADS`), as the
+    numerical libraries do, so two runs side by side do not each start a thread per core."""
     from healthbench.cdm import connect
-    if cdm_path: return connect(cdm_path)
-    from healthbench.synth import generate
-    d = Path(out_dir) / "data"
-    d.mkdir(parents=True, exist_ok=True)
-    return connect(generate(persons, seed=seed, path=d / "synthetic.duckdb", progress=False, overwrite=True))
+    if cdm_path: cdm = connect(cdm_path)
+    else:
+        from healthbench.synth import generate
+        d = Path(out_dir) / "data"
+        d.mkdir(parents=True, exist_ok=True)
+        cdm = connect(generate(persons, seed=seed, path=d / "synthetic.duckdb", progress=False, overwrite=True))
+    n = os.environ.get("OMP_NUM_THREADS", "")
+    if cdm.backend.name == "duckdb" and n.isdigit() and int(n) >= 1: cdm.backend.raw_sql(f"SET threads = {int(n)}")
+    return cdm
 
 SYNTHETIC_SOURCE = "healthbench-synth"      # cdm_source.cdm_source_abbreviation of every CDM healthbench.synth writes
 _EXAMPLES = ("Give cohort_json (cohort JSON text or a .json file) and outcome (a concept set such as condition:192671, "

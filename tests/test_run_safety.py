@@ -277,20 +277,24 @@ def test_verify_refuses_a_planted_notebook_and_runs_a_named_one(tmp_path):
 
 def test_kernel_runs_numerical_libraries_on_one_thread(tmp_path, monkeypatch):
     "A template's kernel gets one thread per numerical library (OpenMP spin-waits oversubscribe shared cores); HB_KERNEL_THREADS overrides."
+    from healthbench.synth import generate
+    cdm = generate(200, seed=1, path=tmp_path / "cdm.duckdb", progress=False)
     cell = ("import json, threadpoolctl, sklearn.ensemble\n"
+            "from healthbench.templates import template_cdm\n"
             "info = threadpoolctl.threadpool_info()\n"
-            "json.dump({'env': os.environ.get('OMP_NUM_THREADS'), 'openmp': sorted({i['num_threads'] for i in info if i['user_api'] == 'openmp'})},"
-            " open(os.path.join(out, 'threads.json'), 'w'))")
+            f"duck = template_cdm({str(cdm)!r}, out).backend.raw_sql(\"SELECT current_setting('threads')\").fetchone()[0]\n"
+            "json.dump({'env': os.environ.get('OMP_NUM_THREADS'), 'openmp': sorted({i['num_threads'] for i in info if i['user_api'] == 'openmp'}),"
+            " 'duckdb': duck}, open(os.path.join(out, 'threads.json'), 'w'))")
     nb = template(tmp_path, "threads", cell)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("HB_KERNEL_THREADS", raising=False)
     run(nb, {}, tmp_path / "one", progress=False)
     got = json.loads((tmp_path / "one" / "threads.json").read_text())
-    assert got["env"] == "1" and got["openmp"] == [1], got
+    assert got["env"] == "1" and got["openmp"] == [1] and got["duckdb"] == 1, got     # DuckDB too: not a thread per core
     monkeypatch.setenv("HB_KERNEL_THREADS", "2")
     run(nb, {}, tmp_path / "two", progress=False)
     got = json.loads((tmp_path / "two" / "threads.json").read_text())
-    assert got["env"] == "2" and got["openmp"] == [2], got
+    assert got["env"] == "2" and got["openmp"] == [2] and got["duckdb"] == 2, got
     monkeypatch.setenv("HB_KERNEL_THREADS", "lots")
     with pytest.raises(InputError, match="HB_KERNEL_THREADS"):
         run(nb, {}, tmp_path / "bad", progress=False)
