@@ -162,18 +162,18 @@ def _demo_templates(cdm_path: Path, runs: Path, args, summary=lambda: None):
               f"  {'':<13}          release bundle {r.run_dir / 'release'} ({passed} of {len(r.outputs)} outputs passed disclosure control)",
               flush=True)
         return r
-    done, running, started, failure, said = set(), {}, [], None, 0
+    done, running, started, at, failure, said = set(), {}, [], {}, None, 0
     with ThreadPoolExecutor(max_workers=2) as ex:
         while len(done) < len(plan) and failure is None:
             for name, (_, needs, later) in plan.items():
                 if len(running) < 2 and name not in started and set(needs) <= done and set(later) <= set(started):
                     running[ex.submit(one, name)] = name
-                    started.append(name)
+                    started.append(name); at[name] = time.perf_counter() - t_all
             if not said:
                 summary()
                 print(f"\nRunning the analysis templates on it, two at a time, ending with the model report (run folders in {runs}):")
             for name in started[said:]:
-                if not args.quiet: print(f"  ... {name} started at {time.perf_counter() - t_all:4.1f} s", flush=True)
+                if not args.quiet: print(f"  ... {name} started at {at[name]:4.1f} s", flush=True)
             said = len(started)
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for f in finished:
