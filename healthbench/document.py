@@ -184,6 +184,10 @@ def _binary(levels: list[str]) -> bool: return set(levels) == {"0", "1"}
 
 def _iqr(s: str) -> str: return re.sub(r"\[([^,\]]+),\s*([^\]]+)\]", r"[\1–\2]", s)
 
+def _counts(s: str) -> str:
+    "A Table 1 cell with its count written as a journal does: '1868 (26.1%)' as '1,868 (26.1%)'; other cells as they are."
+    return re.sub(r"^(\d{4,})(?= \()", lambda m: f"{int(m.group(1)):,}", s)
+
 def table_one_html(t: pd.DataFrame, group: str | None, caption: str = "Table 1. Characteristics of the cohort",
                    rules: Rules | None = None, notes=()) -> str:
     """Table 1 as a journal prints it, from the published `table_one` table (index (variable, level); a column per group,
@@ -219,7 +223,7 @@ def table_one_html(t: pd.DataFrame, group: str | None, caption: str = "Table 1. 
         if has_smd:
             s = _text(sub["SMD"].iloc[0])
             smd = SUPPRESSED if hidden_any and (s == SUPPRESSED or s == "") else ("" if s == SUPPRESSED else _num(s, 2))
-        vals = lambda l: [_iqr(_text(sub.at[l, c])) for c in cols]
+        vals = lambda l: [_counts(_iqr(_text(sub.at[l, c]))) for c in cols]
         missing = [tr("Missing, n (%)", vals("missing"), "hb-level")] if "missing" in sub.index else []
         if len(levels) == 1 and levels[0] in ("mean (SD)", "median [Q1, Q3]"):
             what = "mean (SD)" if levels[0] == "mean (SD)" else "median [IQR]"
