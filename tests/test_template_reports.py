@@ -95,9 +95,7 @@ def test_characterise_report_shows_the_flow_figure_and_the_incidence_tables(repo
     rd = reports["characterise"]
     rep, text = _read(rd)
     released = read_release(rd / "release")          # checksums and verdicts verified before anything is read
-    flow_png = [f for f in released["participant_flow"] if f.suffix == ".png"][0]
-    shown = [b for alt, b in rep.images if alt.startswith("Figure 1.")]
-    assert [hashlib.sha256(b).hexdigest() for b in shown] == [hashlib.sha256(flow_png.read_bytes()).hexdigest()]
+    _shows_released_png(rep, released, "participant_flow", "Figure 1.")
     # the flow's counts, as a table too
     flow = rep.table("Table S1. Participant flow")
     rows = _csv([f for f in released["attrition"] if f.suffix == ".csv"][0])
@@ -122,13 +120,18 @@ def test_characterise_report_shows_the_flow_figure_and_the_incidence_tables(repo
     assert str(rd) not in text and str(rd.parent) not in text     # no local path in the document
 
 
+def _shows_released_png(rep: _Report, released: dict, output: str, figure: str):
+    "The report shows exactly one image under `figure` ('Figure 2.'), byte for byte the released PNG of `output`."
+    png = [f for f in released[output] if f.suffix == ".png"][0]
+    shown = [b for alt, b in rep.images if alt.startswith(figure)]
+    assert [hashlib.sha256(b).hexdigest() for b in shown] == [hashlib.sha256(png.read_bytes()).hexdigest()], (output, figure)
+
+
 def test_survival_report_shows_the_km_figure_and_the_hazard_ratios(reports):
     rd = reports["survival"]
     rep, text = _read(rd)
     released = read_release(rd / "release")
-    km_png = [f for f in released["km_age_band"] if f.suffix == ".png"][0]
-    shown = [b for alt, b in rep.images if alt.startswith("Figure 2.")]
-    assert [hashlib.sha256(b).hexdigest() for b in shown] == [hashlib.sha256(km_png.read_bytes()).hexdigest()]
+    _shows_released_png(rep, released, "km_age_band", "Figure 2.")
     hr = rep.table("Table 1. Hazard ratios")
     assert hr["head"][0] == ["Term", "Hazard ratio (95% CI)", "p"]
     want = _csv([f for f in released["cox_hazard_ratios"] if f.suffix == ".csv"][0])
@@ -198,9 +201,7 @@ def test_survival_report_shows_the_participant_flow(reports):
     rd = reports["survival"]
     rep, text = _read(rd)
     released = read_release(rd / "release")
-    flow_png = [f for f in released["participant_flow"] if f.suffix == ".png"][0]
-    shown = [b for alt, b in rep.images if alt.startswith("Figure 1.")]
-    assert [hashlib.sha256(b).hexdigest() for b in shown] == [hashlib.sha256(flow_png.read_bytes()).hexdigest()]
+    _shows_released_png(rep, released, "participant_flow", "Figure 1.")
     assert "Figure 1. Participant flow" in re.sub(r"<[^>]+>", "", text)
     flow = rep.table("Table S1. Participant flow")
     rows = _csv([f for f in released["attrition"] if f.suffix == ".csv"][0])
