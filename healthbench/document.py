@@ -18,10 +18,10 @@ from . import vocabulary as V
 from .errors import InputError
 
 # %% auto #0
-__all__ = ['MEASUREMENT_UNITS', 'UNITS', 'LABELS', 'label', 'in_text', 'level_key', 'document', 'read_released',
-           'count_suppressed', 'rounding_note', 'disclosure_note', 'table_html', 'figure_html', 'withheld_html',
-           'table_one_html', 'incidence_html', 'hazard_ratio_html', 'flow_frame', 'plot_flow', 'flow_html',
-           'life_table', 'merged_intervals', 'km_method_note', 'plot_km_at_risk', 'at_risk_from_svg']
+__all__ = ['MEASUREMENT_UNITS', 'UNITS', 'LABELS', 'label', 'in_text', 'level_key', 'predictor_label', 'document',
+           'read_released', 'count_suppressed', 'rounding_note', 'disclosure_note', 'table_html', 'figure_html',
+           'withheld_html', 'table_one_html', 'incidence_html', 'hazard_ratio_html', 'flow_frame', 'plot_flow',
+           'flow_html', 'life_table', 'merged_intervals', 'km_method_note', 'plot_km_at_risk', 'at_risk_from_svg']
 
 # %% ../nbs/09a_document.ipynb #a2e8527e
 #: the unit each measurement of the synthetic example is recorded in (healthbench.vocabulary's UNIT concepts)
@@ -67,6 +67,23 @@ def level_key(level) -> tuple:
 def _level_text(level) -> str:
     s = str(level)
     return s[:1].upper() + s[1:] if s[:1].islower() else s
+
+_WINDOWS = {"_1y": " in the year before index", "_30d": " in the 30 days before index", "_5y": " in the 5 years before index",
+            "_ever": ", ever recorded"}
+_DRUGS = {"ccb": "calcium-channel blocker", "ras_agent": "renin-angiotensin system agent"}
+
+def predictor_label(v: str, unit: bool = True) -> str:
+    """A model's predictor as a reader reads it: `label` ('Systolic blood pressure, mmHg'), and the data-driven counts and
+    drugs by their window ('Statin prescriptions in the year before index')."""
+    v = str(v)
+    if v in LABELS or v in UNITS or v.startswith("history_"): return label(v, unit)
+    if v == "prior_observation_days": return "Prior observation, days" if unit else "Prior observation"
+    for suffix, when in _WINDOWS.items():
+        if v.endswith(suffix):
+            stem = v[: -len(suffix)]
+            text = _DRUGS.get(stem, stem.replace("_", " ").replace("bp ", "blood pressure "))
+            return text[:1].upper() + text[1:] + when
+    return label(v, unit)
 
 # %% ../nbs/09a_document.ipynb #b481f27b
 _CSS = """
