@@ -50,9 +50,10 @@ def dqd_overview(results: pd.DataFrame) -> dict:
         out[f"countPassed{c}"] = int(((r.category == c) & r.status.str.startswith("passed")).sum())
     return out
 
-def quality_summary(results: pd.DataFrame) -> pd.DataFrame:
+def quality_summary(results: pd.DataFrame) -> Counted:
     """Checks by Kahn category and status, with the pass rate over checks that were evaluated (not-applicable ones left
-    out, errors counted against) beside DQD's headline rate (not-applicable ones counted as passed)."""
+    out, errors counted against) beside DQD's headline rate (not-applicable ones counted as passed): counts of checks,
+    which reveal no count of people or records."""
     r = _results(results)
     t = pd.crosstab(r.category.fillna("(none)"), r.status).reindex(columns=list(STATUSES), fill_value=0)
     t.loc["All"] = t.sum()
@@ -61,7 +62,7 @@ def quality_summary(results: pd.DataFrame) -> pd.DataFrame:
     t["pass rate, % of evaluated"] = ((t["passed"] + t["passed with violations"]) / evaluated.where(evaluated > 0) * 100).round(1)
     t["DQD's pass rate, %"] = ((t[list(STATUSES)].sum(axis=1) - t["failed"]) / t[list(STATUSES)].sum(axis=1).where(lambda s: s > 0) * 100).round(1)
     t.index.name, t.columns.name = "category", None
-    return t
+    return Counted(t, pd.DataFrame(index=pd.Index([], name="cell")), render=lambda c: t, caption="data-quality checks by category and status")
 
 
 # %% ../nbs/13a_quality_results.ipynb #39f7d41d

@@ -19,8 +19,9 @@ from .completeness import GROUPS, NOT_RECORDED
 
 
 # %% auto #0
-__all__ = ['REFERENCE_FILE', 'REFERENCE_COLUMNS', 'EVENT_DATES', 'CARD_ITEMS', 'CARD_ITEM_COLUMNS', 'reference_population',
-           'composition', 'records_by_year', 'follow_up', 'plot_composition', 'plot_density', 'card_items']
+__all__ = ['REFERENCE_FILE', 'REFERENCE_COLUMNS', 'EVENT_DATES', 'CARD_ITEMS', 'CARD_ITEM_COLUMNS', 'CURATOR_FIELDS',
+           'TO_COMPLETE', 'reference_population', 'composition', 'records_by_year', 'follow_up', 'plot_composition',
+           'plot_density', 'card_items', 'curator_fields']
 
 # %% ../nbs/13c_readiness.ipynb #ab3196cd
 import healthbench as _hb
@@ -269,3 +270,25 @@ def card_items() -> pd.DataFrame:
     "The card's items with the reporting-guideline items they serve, and whether healthbench or a curator fills them in."
     return pd.DataFrame(CARD_ITEMS, columns=list(CARD_ITEM_COLUMNS))
 
+
+# %% ../nbs/13c_readiness.ipynb #2605d757
+CURATOR_FIELDS = {"motivation": "Motivation: why the dataset exists and who funds it",
+                  "intended_uses": "Intended uses", "out_of_scope_uses": "Out-of-scope uses",
+                  "setting": "Setting: care setting, region, centres",
+                  "known_biases": "Known biases and limitations of the dataset",
+                  "attribute_recording": "How ethnicity and deprivation were recorded, and by whom"}
+TO_COMPLETE = "TO BE COMPLETED BY THE DATA CURATOR"
+
+def curator_fields(path=None) -> dict:
+    "The curator's answers ({key: text} for `CURATOR_FIELDS`) from a YAML or JSON file; keys not given are marked `TO_COMPLETE`."
+    given = {}
+    if path:
+        import yaml
+        path = Path(path)
+        if not path.is_file(): raise InputError(f"curator file {path}: not found")
+        try: given = yaml.safe_load(path.read_text(encoding="utf-8")) or {}     # YAML reads JSON too
+        except (yaml.YAMLError, UnicodeDecodeError) as e: raise InputError(f"curator file {path.name}: not YAML or JSON ({str(e).splitlines()[0]})") from e
+        if not isinstance(given, dict): raise InputError(f"curator file {path.name}: must map field names to text, e.g. 'intended_uses: ...'")
+        unknown = sorted(set(given) - set(CURATOR_FIELDS))
+        if unknown: raise InputError(f"curator file {path.name}: unknown field(s) {', '.join(map(str, unknown))}; the fields are {', '.join(CURATOR_FIELDS)}")
+    return {k: str(given[k]).strip() if given.get(k) not in (None, "") else TO_COMPLETE for k in CURATOR_FIELDS}
