@@ -123,7 +123,8 @@ def validate(name: str | Path, params: dict | None) -> dict:
     """The complete parameters of a run (defaults + `params`), or an error naming what is wrong and what is valid. Checked
     here, before any kernel starts: names, types, the cohort, outcome, covariates and rules as written, the bundled
     templates' `group` and `model`, and — on the CDM itself — that it opens, that every concept named exists in its
-    vocabulary, and that a CDM other than the synthetic one comes with a cohort and an outcome."""
+    vocabulary, and that a CDM other than the synthetic one comes with a cohort and an outcome (unless the template's
+    metadata lists them as `optional`: empty means none, on any CDM)."""
     declared = parameters(name)
     params = dict(params or {})
     for k in _AS_JSON:
@@ -149,7 +150,8 @@ def validate(name: str | Path, params: dict | None) -> dict:
     if full.get("predict_run") and (outcome is not None or full.get("covariates", "default") != "default"):
         raise InputError("parameters 'outcome' and 'covariates' define the model fitted here when predict_run is empty; with "
                          f"predict_run {full['predict_run']!r} the model, its outcome and its covariates are that run's: leave them out")
-    _check_on_cdm(full, cohort, outcome, covariates or [])
+    meta = _read_notebook(template_path(name)).metadata.get("healthbench", {})
+    _check_on_cdm(full, cohort, outcome, covariates or [], optional=tuple(meta.get("optional", ())))
     return full
 
 def _is_path_text(text: str) -> bool:
@@ -212,7 +214,7 @@ def _needs(full: dict) -> bool:
     runs = [k for k in full if k.endswith("_run")]
     return not runs or any(not full[k] for k in runs)
 
-def _check_on_cdm(full: dict, cohort, outcome, covariates: list):
+def _check_on_cdm(full: dict, cohort, outcome, covariates: list, optional: tuple = ()):
     "The CDM opens; a real one comes with a cohort and an outcome; every concept named is in its vocabulary; groups have data."
     from healthbench.concepts import resolve
     from healthbench.features import EVENT_TABLES
@@ -225,7 +227,7 @@ def _check_on_cdm(full: dict, cohort, outcome, covariates: list):
     try:
         if path and not is_synthetic(cdm):
             fit_here = not full.get("predict_run")
-            missing = [k for k in ("cohort_json", "outcome") if k in full and not full[k] and fit_here]
+            missing = [k for k in ("cohort_json", "outcome") if k in full and not full[k] and fit_here and k not in optional]
             if missing:
                 raise InputError(f"{' and '.join(repr(k) for k in missing)} must be given on {path!r}: the examples (the template's "
                                  "cohort; first MI or stroke) are defined for healthbench's synthetic CDM, and this is another CDM. "

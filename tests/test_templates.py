@@ -30,7 +30,7 @@ from healthbench.errors import CDMNotFoundError, ConceptError, InputError, Templ
 from healthbench.templates import TEMPLATE_DIR, available, parameters, run, validate
 
 TEMPLATES = ["characterise", "predict", "survival", "explain", "fairness"]     # each run all three ways
-ALL = sorted(TEMPLATES + ["report"])
+ALL = sorted(TEMPLATES + ["report", "quality"])
 EXE = shutil.which("healthbench") or str(Path(sys.executable).with_name("healthbench"))
 SMALL = {"characterise": {"persons": 3000}, "predict": {"persons": 4000, "folds": 3}, "survival": {"persons": 3000},
          "explain": {"persons": 3000, "rows": 500}, "fairness": {"persons": 3000, "n_boot": 50}}
