@@ -143,7 +143,8 @@ def test_faulted_cdm_finds_exactly_the_injected_faults(cdms):
     assert not set(side) & set(TARGETS)
     cols = ["status", "numViolatedRows", "numDenominatorRows", "notApplicableReason"]
     same = ~clean.index.isin([*TARGETS, *side])
-    changed = (clean.loc[same, cols].astype(str) != faulted.loc[same, cols].astype(str)).any(axis=1)
+    text = lambda df: df.loc[same, cols].astype(object).map(str)         # NA, None and numbers as text, alike on both sides
+    changed = (text(clean) != text(faulted)).any(axis=1)
     assert changed[changed].index.tolist() == []
     got = {cid: (int(faulted.loc[cid, "numViolatedRows"]), int(faulted.loc[cid, "numDenominatorRows"])) for cid in side}
     assert got == {cid: (int(v), int(d)) for cid, (v, d) in side.items()}
