@@ -15,7 +15,7 @@ import ibis
 from . import __version__
 from .errors import HealthbenchError, InputError, Interrupted
 from .cdm import CDM, connect
-from .synth import generate
+from .synth import FAULTS, generate
 from . import vocabulary as V
 
 # %% auto #0
@@ -61,13 +61,27 @@ def _writable_folder(folder: Path, out: Path, create: bool):
         try: tempfile.TemporaryFile(dir=folder).close()
         except OSError as e: raise InputError(f"--out {str(out)!r}: cannot write in {str(folder)!r} ({e.strerror})") from None
 
+def _faults(text: str | None) -> dict[str, int] | None:
+    "--faults 'before_birth=3,after_death=2' as {kind: rows}."
+    if text is None: return None
+    out = {}
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        kind, eq, n = (x.strip() for x in part.partition("="))
+        if not eq or not n.isdigit():
+            raise InputError(f"--faults {text!r}: {part!r} is not KIND=N (N a whole number of rows), e.g. before_birth=3")
+        if kind in out: raise InputError(f"--faults {text!r}: {kind} is given twice")
+        out[kind] = int(n)
+    return out
+
 def _synth(args) -> int:
     persons, seed = _persons_and_seed(args)
+    faults = _faults(args.faults)
     out = Path(args.out)
     _writable_folder(out.parent, out, create=False)
     t0 = time.perf_counter()
-    path = generate(persons, seed=seed, path=out, overwrite=args.overwrite, progress=not args.quiet)
+    path = generate(persons, seed=seed, path=out, overwrite=args.overwrite, progress=not args.quiet, faults=faults)
     print(f"wrote {path} ({persons:,} persons, seed {seed}) in {time.perf_counter() - t0:.1f} s")
+    if faults: print(f"injected faults ({', '.join(f'{k}={n}' for k, n in faults.items())}): rows listed in table _healthbench_faults")
     return 0
 
 def _aside(p: Path, tag: str) -> Path:
@@ -271,6 +285,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="DuckDB file to write, e.g. cdm.duckdb")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--faults", default=None, metavar="KIND=N,...",
+                   help=f"corrupt N rows with each fault KIND, to test data-quality checks; kinds: {', '.join(FAULTS)}")
     s.set_defaults(func=_synth)
     d = sub.add_parser("demo", help="generate a small synthetic CDM, summarise it and run the six analysis templates on it (two at a time)")
     d.add_argument("--persons", type=int, default=20_000, help=f"number of persons (default 20000; at most {MAX_PERSONS:,})")

@@ -23,7 +23,7 @@ from . import vocabulary as V
 # %% auto #0
 __all__ = ['STUDY_START', 'REGISTRATION_END', 'DATA_CUT', 'CHUNK_PERSONS', 'ETHNICITY_KEYS', 'COEFFICIENTS', 'WEIBULL_SCALE',
            'WEIBULL_SHAPE', 'MAX_PERSONS', 'MAX_SEED', 'SOURCE_CODES', 'UK_STREAM', 'SNOMED_FROM', 'EXTRA_TABLES',
-           'RECORDED_AS', 'EARLIER_ID', 'PCI_SHARE', 'CABG_SHARE', 'DX_STREAM', 'DX_HBA1C', 'DX_MONITORING',
+           'RECORDED_AS', 'EARLIER_ID', 'PCI_SHARE', 'CABG_SHARE', 'DX_STREAM', 'DX_HBA1C', 'DX_MONITORING', 'FAULTS',
            'design_matrix', 'linear_predictor', 'true_risk', 'true_model', 'simulate_persons', 'generate',
            'table_checksums']
 
@@ -571,13 +571,131 @@ def _uk_sources(out: dict[str, pa.Table], rng: np.random.Generator, ids: dict[st
     out["measurement"] = _with_source(t, "measurement", src)
     return out
 
+# %% ../nbs/02_synth.ipynb #680c7add
+#: the faults `generate(..., faults={kind: rows})` can inject, each into rows chosen so that it breaks one rule only
+FAULTS = {
+    "implausible_value": "drug_exposure.days_supply set above DQD's plausibleValueHigh of 365 (366 to 730 days)",
+    "before_birth": "condition_occurrence.condition_start_date moved 1 to 365 days before the person's birth (persons born from 1951)",
+    "after_death": "condition_occurrence.condition_start_date moved 61 to 180 days after the person's death",
+    "end_before_start": "drug_exposure.drug_exposure_end_date set 1 to 30 days before its start (persons alive)",
+    "outside_observation_period": "condition_occurrence.condition_start_date moved after the end of the observation period "
+                                  "of a person who transferred out alive (not after the data cut)",
+    "non_standard_concept": "condition_occurrence.condition_concept_id replaced by its own non-standard source concept",
+    "missing_foreign_key": "measurement.visit_occurrence_id set to an id no visit has",
+    "duplicate_primary_key": "measurement.measurement_id set to the id of another measurement (both rows then share it)",
+    "implausible_gender": "condition_occurrence.condition_concept_id set to 26662 'Testicular hypofunction' (male only in "
+                          "DQD's concept-level file; added to the vocabulary) for a woman",
+}
+# SNOMED 48130008, as OHDSI's vocabulary has it; only in a database whose faults ask for it
+_MALE_ONLY = (26662, "Testicular hypofunction", "Condition", "SNOMED", "Clinical Finding", "S", "48130008")
+
+# Rows each fault may corrupt (id, person, the value it replaces and what it needs), in id order. Condition rows
+# moved in time have no visit (withinVisitDates stays clean) and no end date.
+_MOVABLE = "c.visit_occurrence_id IS NULL AND c.condition_end_date IS NULL AND c.condition_start_datetime IS NULL"
+_POOLS = {
+    "implausible_value": ("drug_exposure", "days_supply", "SELECT drug_exposure_id, person_id, days_supply FROM drug_exposure ORDER BY 1"),
+    "before_birth": ("condition_occurrence", "condition_start_date", f"""
+        SELECT c.condition_occurrence_id, c.person_id, c.condition_start_date, CAST(p.birth_datetime AS DATE)
+        FROM condition_occurrence c JOIN person p USING (person_id)
+        WHERE {_MOVABLE} AND p.birth_datetime >= DATE '1951-01-01' ORDER BY 1"""),
+    "after_death": ("condition_occurrence", "condition_start_date", f"""
+        SELECT c.condition_occurrence_id, c.person_id, c.condition_start_date, d.death_date
+        FROM condition_occurrence c JOIN death d USING (person_id) WHERE {_MOVABLE} ORDER BY 1"""),
+    "end_before_start": ("drug_exposure", "drug_exposure_end_date", """
+        SELECT x.drug_exposure_id, x.person_id, x.drug_exposure_end_date, x.drug_exposure_start_date
+        FROM drug_exposure x JOIN observation_period o USING (person_id)
+        WHERE x.person_id NOT IN (SELECT person_id FROM death) AND x.drug_exposure_end_datetime IS NULL
+          AND x.drug_exposure_start_date - 30 >= o.observation_period_start_date ORDER BY 1"""),
+    "outside_observation_period": ("condition_occurrence", "condition_start_date", f"""
+        SELECT c.condition_occurrence_id, c.person_id, c.condition_start_date, o.observation_period_end_date
+        FROM condition_occurrence c JOIN observation_period o USING (person_id)
+        WHERE {_MOVABLE} AND c.person_id NOT IN (SELECT person_id FROM death)
+          AND o.observation_period_end_date < DATE '{DATA_CUT}' ORDER BY 1"""),
+    "non_standard_concept": ("condition_occurrence", "condition_concept_id", """
+        SELECT c.condition_occurrence_id, c.person_id, c.condition_concept_id, c.condition_source_concept_id
+        FROM condition_occurrence c JOIN concept s ON s.concept_id = c.condition_source_concept_id
+        WHERE s.concept_id <> 0 AND s.standard_concept IS NULL AND s.invalid_reason IS NULL AND s.domain_id = 'Condition'
+        ORDER BY 1"""),
+    "missing_foreign_key": ("measurement", "visit_occurrence_id", """
+        SELECT measurement_id, person_id, visit_occurrence_id FROM measurement WHERE visit_occurrence_id IS NOT NULL ORDER BY 1"""),
+    "duplicate_primary_key": ("measurement", "measurement_id", "SELECT measurement_id, person_id, measurement_id FROM measurement ORDER BY 1"),
+    "implausible_gender": ("condition_occurrence", "condition_concept_id", """
+        SELECT c.condition_occurrence_id, c.person_id, c.condition_concept_id FROM condition_occurrence c
+        JOIN person p USING (person_id) WHERE p.gender_concept_id = 8532 ORDER BY 1"""),
+}
+_ID = {"drug_exposure": "drug_exposure_id", "condition_occurrence": "condition_occurrence_id", "measurement": "measurement_id"}
+
+def _check_faults(faults) -> dict[str, int]:
+    "`faults` as {kind: rows}, checked: known kinds, whole numbers of rows from 0."
+    if faults is None: return {}
+    if not isinstance(faults, dict):
+        raise InputError(f"faults must be a dict of fault kind to number of rows, e.g. {{'before_birth': 3}}; got {type(faults).__name__}")
+    bad = [k for k in faults if k not in FAULTS]
+    if bad: raise InputError(f"unknown fault kind{'s' * (len(bad) > 1)} {', '.join(map(repr, bad))}; known: {', '.join(FAULTS)}")
+    for k, n in faults.items():
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise InputError(f"faults[{k!r}] must be a whole number of rows from 0; got {_brief(n)}")
+    return {k: int(n) for k, n in faults.items() if n}
+
+def _inject_faults(con: duckdb.DuckDBPyConnection, faults: dict[str, int], seed: int) -> pd.DataFrame:
+    "Corrupt the rows `faults` asks for, each row once, chosen with a random stream of its own; returns what was done."
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xFA17]))
+    used: dict[str, set] = {}
+    picked = {}
+    for kind in FAULTS:                                    # a fixed order: the same faults give the same rows
+        n = faults.get(kind, 0)
+        if not n: continue
+        table, fld, sql = _POOLS[kind]
+        pool = [r for r in con.execute(sql).fetchall() if r[0] not in used.get(table, set())]
+        need = 2 * n if kind == "duplicate_primary_key" else n
+        if len(pool) < need:
+            raise InputError(f"faults[{kind!r}] = {n}: only {len(pool)} {table} rows can take this fault in this database "
+                             f"({'two rows per duplicate; ' if need > n else ''}generate more persons or ask for fewer rows)")
+        rows = [pool[i] for i in sorted(rng.choice(len(pool), need, replace=False))]
+        used.setdefault(table, set()).update(r[0] for r in rows)
+        picked[kind] = rows
+    records = []
+    for kind, rows in picked.items():
+        table, fld, _ = _POOLS[kind]
+        n = len(rows)
+        if kind == "implausible_value": new = [366 + int(k) for k in rng.integers(0, 365, n)]
+        elif kind == "before_birth": new = [r[3] - _dt.timedelta(days=int(k)) for r, k in zip(rows, rng.integers(1, 366, n))]
+        elif kind == "after_death": new = [r[3] + _dt.timedelta(days=int(k)) for r, k in zip(rows, rng.integers(61, 181, n))]
+        elif kind == "end_before_start": new = [r[3] - _dt.timedelta(days=int(k)) for r, k in zip(rows, rng.integers(1, 31, n))]
+        elif kind == "outside_observation_period":
+            new = [r[3] + _dt.timedelta(days=1 + int(u * min(365, (DATA_CUT - r[3]).days))) for r, u in zip(rows, rng.random(n))]
+        elif kind == "non_standard_concept": new = [r[3] for r in rows]
+        elif kind == "missing_foreign_key":
+            top = con.execute("SELECT max(visit_occurrence_id) FROM visit_occurrence").fetchone()[0] or 0
+            new = [top + 1 + i for i in range(n)]
+        elif kind == "duplicate_primary_key": rows, new = rows[: n // 2], [r[0] for r in rows[n // 2:]]
+        else: new = [_MALE_ONLY[0]] * n                                         # implausible_gender
+        records += [dict(kind=kind, table_name=table, field_name=fld, row_id=int(r[0]), person_id=int(r[1]),
+                         old_value=None if r[2] is None else str(r[2]), new_value=str(v)) for r, v in zip(rows, new)]
+        for r, v in zip(rows, new):
+            con.execute(f"UPDATE {table} SET {fld} = ? WHERE {_ID[table]} = ?", [v, r[0]])
+    if "implausible_gender" in picked:
+        cid, name, domain, vocab, cls, std, code = _MALE_ONLY
+        con.execute("INSERT INTO concept VALUES (?, ?, ?, ?, ?, ?, ?, DATE '1970-01-01', DATE '2099-12-31', NULL)",
+                    [cid, name, domain, vocab, cls, std, code])
+        con.execute("INSERT INTO concept_ancestor VALUES (?, ?, 0, 0)", [cid, cid])
+    log = pd.DataFrame(records, columns=["kind", "table_name", "field_name", "row_id", "person_id", "old_value", "new_value"])
+    con.execute("CREATE TABLE _healthbench_faults (kind VARCHAR, table_name VARCHAR, field_name VARCHAR, row_id BIGINT, "
+                "person_id BIGINT, old_value VARCHAR, new_value VARCHAR)")
+    con.register("_hb_faults", log)
+    try: con.execute("INSERT INTO _healthbench_faults SELECT * FROM _hb_faults")
+    finally: con.unregister("_hb_faults")
+    return log
+
+
 # %% ../nbs/02_synth.ipynb #61e91a57
-def _cdm_source(n_persons: int, seed: int) -> pa.Table:
+def _cdm_source(n_persons: int, seed: int, faults: dict[str, int] | None = None) -> pa.Table:
     from healthbench import __version__
+    said = f"; injected faults (rows listed in table _healthbench_faults): {', '.join(f'{k}={n}' for k, n in faults.items())}" if faults else ""
     return pa.Table.from_pylist([dict(
         cdm_source_name="healthbench synthetic OMOP CDM", cdm_source_abbreviation="healthbench-synth",
         cdm_holder="healthbench (synthetic data, no real persons)",
-        source_description=f"Synthetic UK primary-care-like data: n_persons={n_persons}, seed={seed}, generator healthbench {__version__}",
+        source_description=f"Synthetic UK primary-care-like data: n_persons={n_persons}, seed={seed}, generator healthbench {__version__}{said}",
         source_documentation_reference="healthbench nbs/02_synth.ipynb", cdm_etl_reference="healthbench.synth.generate",
         source_release_date=DATA_CUT, cdm_release_date=DATA_CUT, cdm_version="5.4",
         cdm_version_concept_id=V.CDM_V54_CONCEPT, vocabulary_version="healthbench bundled subset")],
@@ -589,9 +707,10 @@ def _insert(con: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
     finally: con.unregister("_hb_chunk")
 
 def generate(n_persons: int, seed: int = 0, path: str | os.PathLike = "healthbench_synth.duckdb", *,
-             overwrite: bool = False, progress: bool = True) -> Path:
-    "Write a synthetic OMOP CDM v5.4 database of `n_persons` persons to the DuckDB file `path`."
-    n_persons, seed = _check_n(n_persons), _check_seed(seed)
+             overwrite: bool = False, progress: bool = True, faults: dict[str, int] | None = None) -> Path:
+    """Write a synthetic OMOP CDM v5.4 database of `n_persons` persons to the DuckDB file `path`; `faults`
+    ({kind: rows}, kinds in `FAULTS`) corrupts that many rows of each kind and lists them in table `_healthbench_faults`."""
+    n_persons, seed, faults = _check_n(n_persons), _check_seed(seed), _check_faults(faults)
     for name, flag in (("overwrite", overwrite), ("progress", progress)):
         if not isinstance(flag, bool): raise InputError(f"{name} must be True or False; got {_brief(flag)}")
     if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
@@ -615,7 +734,7 @@ def generate(n_persons: int, seed: int = 0, path: str | os.PathLike = "healthben
         _insert(con, "concept", V.concept_table())
         _insert(con, "concept_ancestor", V.concept_ancestor_table())
         _insert(con, "concept_relationship", V.concept_relationship_table())
-        _insert(con, "cdm_source", _cdm_source(n_persons, seed))
+        _insert(con, "cdm_source", _cdm_source(n_persons, seed, faults))
         ids = dict.fromkeys(["visit_occurrence", "condition_occurrence", "drug_exposure", "measurement", "observation", "procedure_occurrence"], 1)
         with tqdm(total=n_persons, unit="persons", disable=not progress, desc="synthetic CDM") as bar:
             for k, first, n in _chunks(n_persons):
@@ -623,6 +742,7 @@ def generate(n_persons: int, seed: int = 0, path: str | os.PathLike = "healthben
                 tables = _uk_sources(_event_tables(_simulate_baseline(rng_b, first, n), rng_e, ids, _dx_rng(seed, k)), _uk_rng(seed, k), ids)
                 for name, table in tables.items(): _insert(con, name, table)
                 bar.update(n)
+        if faults: _inject_faults(con, faults, seed)
         con.execute("CHECKPOINT")
     except BaseException:
         con.close()
