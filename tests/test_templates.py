@@ -427,10 +427,28 @@ def test_codelist_outcome_real_run(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory):
-    "One report run on a small synthetic CDM (it makes the characterise, predict, explain and fairness runs first)."
-    r = run("report", {"persons": 4000}, tmp_path_factory.mktemp("report") / "report", progress=False)
+    "One report run on a small synthetic CDM (it makes the characterise, predict, explain and fairness runs first), citing that CDM's AI-readiness card."
+    base = tmp_path_factory.mktemp("report")
+    q = run("quality", {"persons": 4000}, base / "quality", progress=False)          # the same synthetic CDM (persons, seed 1)
+    assert q.status == "succeeded"
+    r = run("report", {"persons": 4000, "quality_run": str(q.run_dir)}, base / "report", progress=False)
     assert r.status == "succeeded"
+    r.quality_dir = q.run_dir
     return r
+
+
+def test_tripod_report_cites_the_data_readiness_card(report_run):
+    "Section 1a quotes the released card's data items and its bundle's sha256; the card describes the model's CDM (no warning)."
+    import hashlib
+    text = (report_run.run_dir / "work" / "tripod_ai_report.html").read_text()
+    sec = _section(text, "1a")
+    q = report_run.quality_dir / "release"
+    assert hashlib.sha256((q / "SHA256SUMS").read_bytes()).hexdigest()[:16] in sec
+    assert "different CDM" not in sec
+    card = json.loads((q / "readiness_card_json.json").read_text())
+    rows = [r for r in _html_tables(sec)[0]["rows"] if r and r[0][0] == "td"]
+    assert [r[0][1] for r in rows] == [i["item"] for i in card["items"] if i["filled_by"] == "healthbench"]
+    assert "composition.csv" in " ".join(r[2][1] for r in rows)             # the card's released composition table
 
 
 class _Tables(__import__("html.parser").parser.HTMLParser):
@@ -455,7 +473,7 @@ def _html_tables(text: str) -> list[dict]:
     p = _Tables(); p.feed(text); return p.tables
 
 
-def _section(text: str, n: int) -> str:
+def _section(text: str, n) -> str:
     "Section n of the TRIPOD+AI report (its h2 to the next)."
     start = text.index(f"<h2>{n}. ")
     nxt = text.find("<h2>", start + 4)
