@@ -519,6 +519,179 @@ def _run_row_batch(ctx: _Tables, table: str, items: list) -> dict:
             except Exception as e: out[i] = _message(e)
     return out
 
+# Join checks batched by table: each is a sum over its table left-joined with the tables it reads. A join first
+# reads the other table's rows as they are; if a row of the table then meets more than one (its row count grows), all
+# of its joins are grouped by key instead, keeping a key's multiplicity (a count over an inner join is a sum of it).
+# A check that compares a value of its row with one of the joined row (a date of birth, death or visit) is exact
+# only if no key repeats; where one does, that check runs alone by its function above.
+_BATCHED = ("isForeignKey", "isStandardValidConcept", "fkDomain", "fkClass", "plausibleAfterBirth", "plausibleBeforeDeath",
+            "plausibleDuringLife", "withinVisitDates", "plausibleTemporalAfter", "sourceValueCompleteness")
+_BY_CONCEPT = ("plausibleGender", "plausibleGenderUseDescendants", "plausibleUnitConceptIds")
+
+def _rows(cond):
+    "The number of rows where `cond` holds (NULL: does not)."
+    return _one(cond).sum()
+
+def _one(cond):
+    return cond.fill_null(False).ifelse(1, 0)
+
+class _Joins:
+    "A table's left joins with other tables: `col` names a column of a joined table in the join, `build` makes the join."
+    def __init__(self, ctx: _Tables, t):
+        self.ctx, self.t, self.refs = ctx, t, {}   # (table, key, own field, grouped) -> (alias, {name: (row value, aggregate)})
+    def col(self, table: str, key: str, field: str, name="n", value=None, how="sum", grouped=False) -> str:
+        "A column of `table` joined on `key` = `field`: its rows (`n`), or `value`, summed or `how` over repeated keys."
+        alias, cols = self.refs.setdefault((table.lower(), key.lower(), field, grouped), (f"_j{len(self.refs)}", {"n": (None, "sum")}))
+        cols.setdefault(name, (value, how))
+        return f"{alias}_{list(cols).index(name)}"
+    def build(self, grouped: bool):
+        "The table with its joins: the other tables' rows as stored, or (`grouped`) one row per key."
+        t = self.t
+        j = t.mutate(**{f"{a}_key": _as_id(t[f]) for (_, _, f, _), (a, _) in self.refs.items()}) if self.refs else t
+        for (table, key, _, by_key), (a, cols) in self.refs.items():
+            r, k = self.ctx.table(table), f"{a}_key"
+            if grouped or by_key:
+                g = r.group_by(**{k: _as_id(r[key])}).aggregate(**{f"{a}_{i}": r.count() if v is None else getattr(v(r), how)()
+                                                                   for i, (v, how) in enumerate(cols.values())})
+            else:
+                g = r.select(**{k: _as_id(r[key])}, **{f"{a}_{i}": ibis.literal(1) if v is None else v(r)
+                                                        for i, (v, _) in enumerate(cols.values())})
+            j = j.left_join(g, k)
+        return j
+
+def _batch_spec(name: str, J: _Joins, p: dict):
+    """A batched join check: (function of the joined table giving its (violated, denominator) aggregates, the joins
+    (their row count columns) whose repeated keys would make it inexact)."""
+    f = p["cdmFieldName"].lower()
+    day = lambda n: ibis.interval(days=n)
+    if name == "isForeignKey":
+        n = J.col(p["fkTableName"], p["fkFieldName"], f)
+        return lambda j: (_rows(j[f].notnull() & j[n].isnull()), j.count()), ()
+    if name in ("isStandardValidConcept", "fkDomain", "fkClass"):
+        if name == "isStandardValidConcept":
+            def bad(c):
+                sc, ir = c.standard_concept.cast("string"), c.invalid_reason.cast("string")   # DQD#626: NULL counts
+                return _one((_as_id(c.concept_id) != 0) & (sc.isnull() | (sc != "S") | ir.notnull()))
+            key = ("std",)
+        else:
+            attr, value = ("domain_id", p["fkDomain"]) if name == "fkDomain" else ("concept_class_id", p["fkClass"])
+            bad, key = lambda c: _one((_as_id(c.concept_id) != 0) & (c[attr].cast("string") != value)), (attr, value)
+        b = J.col("concept", "concept_id", f, key, bad)
+        return lambda j: (j[b].fill_null(0).sum(), j.count()), ()
+    if name == "plausibleAfterBirth":
+        b, n = J.col("person", "person_id", "person_id", "birth", _birth, "min"), J.col("person", "person_id", "person_id")
+        return lambda j: (_rows(j[f].notnull() & (_as_date(j[f]) < j[b])), _rows(j[f].notnull())), (n,)
+    if name in ("plausibleBeforeDeath", "plausibleDuringLife"):
+        dd = J.col("death", "person_id", "person_id", "dd", lambda r: _as_date(r.death_date), "min")
+        n = J.col("death", "person_id", "person_id")
+        late = lambda j: _as_date(j[f]) > j[dd] + day(60)
+        if name == "plausibleDuringLife": return lambda j: (_rows(late(j)), _rows(j[n].notnull())), (n,)
+        return lambda j: (_rows(j[f].notnull() & late(j)), _rows(j[f].notnull() & j[n].notnull())), (n,)
+    if name == "withinVisitDates":
+        vs = J.col("visit_occurrence", "visit_occurrence_id", "visit_occurrence_id", "vs", lambda r: _as_date(r.visit_start_date), "min")
+        ve = J.col("visit_occurrence", "visit_occurrence_id", "visit_occurrence_id", "ve", lambda r: _as_date(r.visit_end_date), "min")
+        n = J.col("visit_occurrence", "visit_occurrence_id", "visit_occurrence_id")
+        e = lambda j: _as_date(j[f])
+        return lambda j: (_rows((e(j) < j[vs] - day(7)) | (e(j) > j[ve] + day(7))), _rows(j[n].notnull())), (n,)
+    if name == "plausibleTemporalAfter":
+        other, of = p["plausibleTemporalAfterTableName"].lower(), p["plausibleTemporalAfterFieldName"].lower()
+        if other == "person":
+            def after(r):
+                birth = _as_date(r.year_of_birth.cast("string") + "-06-01")
+                return _as_date(r[of]).coalesce(birth) if of in r.columns else birth
+            a, n = J.col("person", "person_id", "person_id", ("after", of), after, "min"), J.col("person", "person_id", "person_id")
+            return lambda j: (_rows(j[a] > _as_date(j[f])), j.count()), (n,)
+        if other == p["cdmTableName"].lower(): return lambda j: (_rows(_as_date(j[of]) > _as_date(j[f])), j.count()), ()
+        n = J.col(other, "person_id", "person_id", grouped=True)        # each row counts once per row of `other`
+        return lambda j: ((j[n].fill_null(0) * _one(_as_date(j[of]) > _as_date(j[f]))).sum(), j.count()), ()
+    if name == "sourceValueCompleteness":       # distinct values, NULL one of them
+        std = p["standardConceptFieldName"].lower()
+        distinct = lambda j, w: j[f].nunique(where=w) + (_rows(j[f].isnull() & w) > 0).ifelse(1, 0)
+        return lambda j: (distinct(j, (_as_id(j[std]) == 0).fill_null(False)), distinct(j, ibis.literal(True))), ()
+    if name in ROW_CHECKS:
+        def row(j):
+            bad, den = _row_check(name, j, p)
+            return _rows(bad if den is None else bad & den), j.count() if den is None else _rows(den)
+        return row, ()
+    raise KeyError(name)
+
+def _run_table_batch(ctx: _Tables, table: str, items: list) -> dict:
+    """The row checks and the batched join checks of one table in one query: {index: (violated, denominator), or None
+    for a check to run alone}."""
+    t, out, specs = ctx.table(table), {}, {}
+    J = _Joins(ctx, t)
+    for i, r in items:
+        try: specs[i] = _batch_spec(r["checkName"], J, r["parameters"])
+        except Exception: out[i] = None
+    if not specs: return out
+    try:
+        for grouped in (False, True):
+            j, aggs = J.build(grouped), {"_rows": None}
+            aggs["_rows"] = j.count()
+            for i, (fn, _) in specs.items(): aggs[f"v{i}"], aggs[f"d{i}"] = fn(j)
+            for n in {n for _, deps in specs.values() for n in deps}: aggs[f"dup{n}"] = _rows(j[n] > 1)
+            row = j.aggregate(**aggs).to_pyarrow().to_pylist()[0]
+            if grouped or row["_rows"] == ctx.profile(table)[0]: break      # no row met two: the counts hold
+    except Exception:
+        return {i: None for i, _ in items}
+    for i, (_, deps) in specs.items():
+        out[i] = None if any(row[f"dup{n}"] for n in deps) else (int(row[f"v{i}"] or 0), int(row[f"d{i}"] or 0))
+    return out
+
+def _run_concept_batch(ctx: _Tables, table: str, field: str, items: list) -> dict:
+    """plausibleGender, plausibleGenderUseDescendants and plausibleUnitConceptIds of one field, for all their concepts at
+    once, from its rows counted by concept (and person's gender, or unit): {index: (violated, denominator) or None}."""
+    t, f, out = ctx.table(table), field.lower(), {}
+    gender, below, units = {}, {}, {}
+    try:
+        for i, r in items:
+            p = r["parameters"]
+            if r["checkName"] == "plausibleGender": gender[i] = (int(p["conceptId"]), p["plausibleGender"] == "Male")
+            elif r["checkName"] == "plausibleGenderUseDescendants": below[i] = (_concept_ids(p["conceptId"]), p["plausibleGenderUseDescendants"] == "Male")
+            else:
+                u = str(p["plausibleUnitConceptIds"]).strip()
+                units[i] = (int(p["conceptId"]), None if u in ("", "NA") else set(_concept_ids(u)))
+    except Exception: return {i: None for i, _ in items}
+    if gender or below:
+        try:
+            mult = {}
+            if below:
+                ca = ctx.table("concept_ancestor")
+                anc = sorted({a for ids, _ in below.values() for a in ids})
+                pairs = ca.filter(_as_id(ca.ancestor_concept_id).isin(anc)).select(
+                    a=_as_id(ca.ancestor_concept_id), d=_as_id(ca.descendant_concept_id)).to_pyarrow().to_pylist()
+                for i, (ids, _) in below.items():
+                    m = mult[i] = {}
+                    for x in pairs:
+                        if x["a"] in ids and x["d"] is not None: m[x["d"]] = m.get(x["d"], 0) + 1
+            want = sorted({c for c, _ in gender.values()} | {d for m in mult.values() for d in m})
+            person = ctx.table("person")
+            g = _as_id(person.gender_concept_id)
+            pg = person.group_by(pid=_as_id(person.person_id)).aggregate(nm=_rows(g != 8507), nf=_rows(g != 8532))
+            rows = t.select(c=_as_id(t[f]), pid=_as_id(t.person_id))
+            rows = rows.filter(rows.c.isin(want))
+            j = rows.left_join(pg, "pid")
+            by = {x["c"]: x for x in j.group_by("c").aggregate(n=j.count(), nm=j.nm.fill_null(0).sum(),
+                                                                nf=j.nf.fill_null(0).sum()).to_pyarrow().to_pylist()}
+            get = lambda c, k: int(by[c][k] or 0) if c in by else 0
+            for i, (c, male) in gender.items(): out[i] = (get(c, "nm" if male else "nf"), get(c, "n"))
+            for i, (_, male) in below.items():
+                m = mult[i]
+                out[i] = (sum(k * get(d, "nm" if male else "nf") for d, k in m.items()), sum(k * get(d, "n") for d, k in m.items()))
+        except Exception: out.update({i: None for i in [*gender, *below]})
+    if units:
+        try:
+            rows = t.filter(t.value_as_number.notnull() & t.unit_source_value.notnull())
+            rows = rows.select(c=_as_id(rows[f]), u=_as_id(rows.unit_concept_id), has=rows.unit_concept_id.notnull())
+            rows = rows.filter(rows.c.isin(sorted({c for c, _ in units.values()})))
+            got = rows.group_by(["c", "u", "has"]).aggregate(n=rows.count()).to_pyarrow().to_pylist()
+            for i, (c, ok) in units.items():
+                mine = [x for x in got if x["c"] == c]
+                bad = sum(x["n"] for x in mine if (x["has"] if ok is None else x["u"] is not None and x["u"] not in ok))
+                out[i] = (bad, sum(x["n"] for x in mine))
+        except Exception: out.update({i: None for i in units})
+    return out
+
 
 # %% ../nbs/13_quality.ipynb #ab43a1db
 STATUSES = ("passed", "passed with violations", "failed", "not applicable", "error")
@@ -551,20 +724,34 @@ def run_checks(cdm, checks) -> pd.DataFrame:
     one row per check with its counts and a status among `STATUSES`; not applicable and error rows say why."""
     if isinstance(checks, DQDFiles): checks = list_checks(checks)
     if not isinstance(checks, pd.DataFrame): raise InputError(f"checks must be list_checks(...) or DQDFiles; got {type(checks).__name__}")
-    ctx, records, done, batches = _Tables(cdm), checks.to_dict("records"), {}, {}
+    ctx, records, done, tables, concepts, alone = _Tables(cdm), checks.to_dict("records"), {}, {}, {}, {}
     for i, r in enumerate(records):
         t0 = time.perf_counter()
         kind, what = _plan(ctx, r)
-        if kind == "row": batches.setdefault(r["cdmTableName"].lower(), []).append((i, r)); continue
-        if kind == "join":
-            try: kind, what = "done", what(ctx, ctx.table(r["cdmTableName"]), r["parameters"])
-            except Exception as e: kind, what = "error", _message(e)
-        done[i] = (kind, what, time.perf_counter() - t0)
-    for table, items in batches.items():
+        name, table = r["checkName"], r["cdmTableName"].lower()
+        if kind == "join": alone[i] = what            # its own function: run alone unless its batch counts it
+        if kind == "row" or (kind == "join" and name in _BATCHED): tables.setdefault(table, []).append((i, r))
+        elif kind == "join" and name in _BY_CONCEPT: concepts.setdefault((table, r["cdmFieldName"]), []).append((i, r))
+        elif kind != "join": done[i] = (kind, what, time.perf_counter() - t0)
+    for key, items in [*tables.items(), *concepts.items()]:
         t0 = time.perf_counter()
-        got = _run_row_batch(ctx, table, items)
+        got = _run_table_batch(ctx, key, items) if isinstance(key, str) else _run_concept_batch(ctx, *key, items)
         spent = time.perf_counter() - t0
-        for i, _ in items: done[i] = ("done" if isinstance(got[i], tuple) else "error", got[i], spent)
+        for i, _ in items:
+            if got.get(i) is None: continue
+            done[i] = ("done", got[i], spent)
+            alone.pop(i, None)
+        rows = [(i, r) for i, r in items if i not in done and i not in alone]      # row checks of a failed batch
+        if rows:
+            t0 = time.perf_counter()
+            got = _run_row_batch(ctx, rows[0][1]["cdmTableName"].lower(), rows)
+            spent = time.perf_counter() - t0
+            for i, _ in rows: done[i] = ("done" if isinstance(got[i], tuple) else "error", got[i], spent)
+    for i, fn in alone.items():
+        t0 = time.perf_counter()
+        try: kind, what = "done", fn(ctx, ctx.table(records[i]["cdmTableName"]), records[i]["parameters"])
+        except Exception as e: kind, what = "error", _message(e)
+        done[i] = (kind, what, time.perf_counter() - t0)
     rows = []
     for i, r in enumerate(records):
         kind, what, spent = done[i]
