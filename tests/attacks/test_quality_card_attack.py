@@ -16,9 +16,17 @@ template's code and parameters, and a cohort's definition (it is in the card). E
 - differencing: a whole-CDM run and a run on a cohort of the same CDM, whose composition counts are differenced.
 
 A test passes when the release is safe against its attack: no hidden count pinned to fewer than `THRESHOLD` possible
-values. Two attacks succeed on the code as it is (see the reports in their tests): `test_differencing_whole_cdm_and_cohort`
-recovers exactly the hidden small counts of the whole-CDM completeness table, and
-`test_dqd_json_counts_went_through_disclosure_control` finds zero counts of records the disclosure check never saw.
+values (pinned to exactly 1 to THRESHOLD - 1 is what a suppressed small count says by itself, and does not count).
+Five attacks succeed on the code as it is; their tests fail now and say what leaks (see each docstring):
+
+- `test_differencing_whole_cdm_and_cohort`: a whole-CDM card and a cohort card of the same CDM, differenced, give the
+  whole card's hidden small counts exactly (quality tables carry no populations, so the ledger sees nothing);
+- `test_dqd_shared_denominators_mimic`: two DQD checks of one field share a denominator; one hides 9 rows, the other
+  gives them away (MIMIC-IV demo, default parameters);
+- `test_dqd_statuses_with_a_row_floor`: 'passed with violations' beside a row-count floor of 3 pins hidden counts to 1-3;
+- `test_dqd_json_counts_went_through_disclosure_control`: zero counts of not-applicable checks reach the DQD results
+  file without the disclosure check (uk_default: zeros are disclosive);
+- `test_records_of_few_persons_mimic`: Table S1 shows the records of years whose persons (fewer than 10) it hides.
 """
 from __future__ import annotations
 
@@ -38,7 +46,7 @@ from attacks import attacks as A
 from attacks.attacks import INF, Counts, count_interval, read_table
 
 DATA = Path(os.environ.get("HB_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-DQD, GIBLEED = DATA / "dqd", DATA / "omop" / "gibleed_5.3"
+DQD, GIBLEED, MIMIC = DATA / "dqd", DATA / "omop" / "gibleed_5.3", DATA / "omop" / "mimic_iv_demo_5.3"
 THRESHOLD = 10                      # uk_default: minimum count (zeros disclosive)
 PERSONS, SEED = 3000, 1
 SBP = 3004249                       # systolic blood pressure (LOINC), the first of the card's key measurements
@@ -113,6 +121,15 @@ def gibleed_floor(gibleed_cdm) -> Path:
     "GiBleed's card with a row-count floor of 3 rows beside DQD's percentages (template parameter row_floor)."
     return _template({"cdm_path": str(gibleed_cdm), "dqd_folder": str(DQD), "outcome": "condition:192671", "row_floor": 3},
                      gibleed_cdm.parent / "run_floor")
+
+
+@pytest.fixture(scope="module")
+def mimic(tmp_path_factory) -> Path:
+    "The MIMIC-IV demo (100 persons) with DQD's checks and default parameters."
+    from healthbench.cdm_import import import_cdm
+    path = tmp_path_factory.mktemp("quality_attack_mimic") / "mimic.duckdb"
+    import_cdm(MIMIC, path, progress=False)
+    return _template({"cdm_path": str(path), "dqd_folder": str(DQD)}, path.parent / "run")
 
 
 def _bundle(request, which: str) -> Path:
@@ -359,6 +376,22 @@ def test_dqd_statuses_and_shared_denominators(gibleed):
     assert not found, f"DQD statuses, thresholds and shared denominators pin hidden counts: {_show(found)}"
 
 
+def test_dqd_shared_denominators_mimic(mimic):
+    """FAILS NOW. MIMIC-IV demo, default parameters: measureValueCompleteness on drug_exposure.quantity hides its violating
+    rows (9 rows without a quantity: [c] of 18,229), but plausibleValueLow on the same field shows the rows it checked,
+    those with a quantity (18,220): 18,229 - 18,220 = 9, read off dqd_all_checks.csv. The disclosure check relates the
+    counts of one check only (violating + not violating = checked), not the checks that share a denominator."""
+    rel = mimic / "release"
+    rec, truth = dqd_checks(rel), _dqd_truth(mimic)
+    assert all(lo <= truth[k] <= hi for k, (lo, hi) in rec.items()), "the attack must be sound"
+    with duckdb.connect(str(mimic.parent / "mimic.duckdb"), read_only=True) as con:
+        nulls = con.sql("SELECT count(*) - count(quantity) FROM drug_exposure").fetchone()[0]
+    key = ("field_measurevaluecompleteness_drug_exposure_quantity", "violating")
+    assert key in rec and truth[key] == nulls        # the target is hidden, and the truth is the nulls counted in SQL
+    found = {k: (*iv, truth[k]) for k, iv in _narrow(rec).items() if k[1] != "not_violating"}
+    assert not found, (f"DQD checks sharing a denominator pin {len(found)} hidden counts, as (lo, hi, truth): {_show(found)}")
+
+
 def test_dqd_statuses_with_a_row_floor(gibleed_floor):
     """FAILS NOW. With a row-count floor of 3 rows (row_floor=3, shown in every threshold as 'at most 3 rows'), a check
     'passed with violations' has 1 to 3 violating rows: the status gives away what the hidden count hides. On GiBleed six
@@ -433,6 +466,25 @@ def test_person_years_of_hidden_years(gibleed):
     rec = person_years(gibleed / "release")
     assert rec, "GiBleed's first year is hidden"
     assert not _narrow(rec), f"person-years pin the persons of hidden years: {rec}"
+
+
+def test_records_of_few_persons_mimic(mimic):
+    """FAILS NOW. Table S1 hides the persons observed in a year with fewer than 10 (MIMIC-IV demo: most years), but
+    shows that year's clinical records: a total over fewer than 10 persons (in 2118: 468 records, all one person's), the
+    case the threshold rule for magnitude tables (contributors at least 10) and the N-K dominance rule exist for.
+    (A blank 'Records per person-year' beside a hidden year also tells that its person-years round to 0, where [c]
+    says they do not.)"""
+    t = read_table(mimic / "release" / "records_by_year.csv")
+    shown = {str(y): count_interval(r["Records"], sf3=False) for y, r in t.iterrows()
+             if count_interval(r["Persons observed"], sf3=False) is None and count_interval(r["Records"], sf3=False) not in (None, (0, 0))}
+    q = """WITH y AS (SELECT range AS year FROM range(2000, 2300))
+           SELECT y.year, count(DISTINCT o.person_id) FROM observation_period o JOIN y
+             ON year(o.observation_period_start_date) <= y.year AND year(o.observation_period_end_date) >= y.year GROUP BY 1"""
+    with duckdb.connect(str(mimic.parent / "mimic.duckdb"), read_only=True) as con:
+        persons = {str(y): n for y, n in con.sql(q).fetchall()}
+    few = {y: (rec[0], persons[y]) for y, rec in shown.items() if persons[y] < THRESHOLD}
+    assert not few, (f"{len(few)} years show their records total over fewer than {THRESHOLD} persons (year: records, "
+                     f"persons): {_show(few, 8)}")
 
 
 # ================================================================================================================
