@@ -128,7 +128,7 @@ def _wilson(k, n, z: float = 1.959963984540054):
         half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / (1 + z**2 / n)
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
-def _counted(k: pd.DataFrame, caption: str) -> Counted:
+def _counted(k: pd.DataFrame, caption: str, population: dict | None = None) -> Counted:
     """A `Counted` table from counts indexed (measurement, variable, level), with `OVERALL` rows: the percentage with a
     record and its Wilson 95% CI, and per variable a chi-square test that the percentage is equal in every level."""
     idx, what = k.index, "with_record"
@@ -159,7 +159,8 @@ def _counted(k: pd.DataFrame, caption: str) -> Counted:
                 if len(tab) < 2 or (tab.sum(axis=0) == 0).any(): out.at[rows[0], "p_equal"] = 1.0; continue
                 out.at[rows[0], "p_equal"] = float(chi2_contingency(tab, correction=False)[1])
         return out
-    return Counted(render(k.astype(float)), k, relations, render=render, count_columns=("persons", what), caption=caption)
+    return Counted(render(k.astype(float)), k, relations, render=render, count_columns=("persons", what), caption=caption,
+                   population=population)
 
 def completeness(cdm, measurements: dict, by=GROUPS, cohort=None, window: tuple | None = None,
                  domain: str = "measurement") -> Counted:
@@ -186,7 +187,10 @@ def completeness(cdm, measurements: dict, by=GROUPS, cohort=None, window: tuple 
     k = pd.DataFrame({"persons": [r[1] for r in rows], "with_record": [r[2] for r in rows]}, index=idx)
     k["without_record"] = k.persons - k.with_record
     where = "any time" if window is None else f"days {window[0]} to {window[1]} of the index date"
-    return _counted(k, f"completeness: persons with a {domain} record ({where})")
+    people = persons.select("person_id", *by).to_pandas()        # who is in each group, for the release ledger's differencing check
+    ids = people.person_id.to_numpy()
+    population = {OVERALL: ids} | {f"{v}={lv}": ids[(people[v] == lv).to_numpy()] for v in by for lv in people[v].unique()}
+    return _counted(k, f"completeness: persons with a {domain} record ({where})", population)
 
 # %% ../nbs/13b_completeness.ipynb #6f3ea86b
 _NAMES = {"sex": "Sex", "age_band": "Age band", "ethnicity": "Ethnicity", "imd_quintile": "IMD quintile"}

@@ -11,6 +11,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .errors import InputError
@@ -19,17 +20,20 @@ from .quality import STATUSES, RESULT_COLUMNS
 
 
 # %% auto #0
-__all__ = ['CATEGORIES', 'STRUCTURE_CHECKS', 'dqd_overview', 'quality_summary', 'with_row_floor', 'threshold_text',
-           'write_dqd_json', 'read_dqd_json', 'missing_structure', 'flagged_checks']
+__all__ = ['CATEGORIES', 'SUPPRESSED_STATUS', 'STRUCTURE_CHECKS', 'dqd_overview', 'quality_summary', 'with_row_floor',
+           'threshold_text', 'write_dqd_json', 'read_dqd_json', 'missing_structure', 'flagged_checks']
 
 # %% ../nbs/13a_quality_results.ipynb #a39add68
 CATEGORIES = ("Plausibility", "Conformance", "Completeness")
+#: the status of a check in a release whose violating rows disclosure control hid: passed with violations or failed
+#: would bound the hidden count (at most the threshold's share of the rows, or more), so the release says neither
+SUPPRESSED_STATUS = "suppressed"
 
 def _results(results) -> pd.DataFrame:
     if not isinstance(results, pd.DataFrame) or "status" not in results or "checkId" not in results:
         raise InputError(f"results must be the table run_checks returns (or read_dqd_json reads); got {type(results).__name__}")
-    bad = sorted(set(results.status) - set(STATUSES))
-    if bad: raise InputError(f"results has unknown statuses {bad}; a status is one of {', '.join(STATUSES)}")
+    bad = sorted(set(results.status) - set(STATUSES) - {SUPPRESSED_STATUS})
+    if bad: raise InputError(f"results has unknown statuses {bad}; a status is one of {', '.join(STATUSES)} (or {SUPPRESSED_STATUS!r} in a release)")
     return results
 
 def dqd_overview(results: pd.DataFrame) -> dict:
@@ -55,12 +59,13 @@ def quality_summary(results: pd.DataFrame) -> Counted:
     out, errors counted against) beside DQD's headline rate (not-applicable ones counted as passed): counts of checks,
     which reveal no count of people or records."""
     r = _results(results)
-    t = pd.crosstab(r.category.fillna("(none)"), r.status).reindex(columns=list(STATUSES), fill_value=0)
+    statuses = list(STATUSES) + [SUPPRESSED_STATUS] * bool((r.status == SUPPRESSED_STATUS).any())
+    t = pd.crosstab(r.category.fillna("(none)"), r.status).reindex(columns=statuses, fill_value=0)
     t.loc["All"] = t.sum()
-    evaluated = t["passed"] + t["passed with violations"] + t["failed"] + t["error"]
+    evaluated = t["passed"] + t["passed with violations"] + t["failed"] + t["error"]     # a suppressed check is in neither
     t["evaluated"] = evaluated
     t["pass rate, % of evaluated"] = ((t["passed"] + t["passed with violations"]) / evaluated.where(evaluated > 0) * 100).round(1)
-    t["DQD's pass rate, %"] = ((t[list(STATUSES)].sum(axis=1) - t["failed"]) / t[list(STATUSES)].sum(axis=1).where(lambda s: s > 0) * 100).round(1)
+    t["DQD's pass rate, %"] = ((t[statuses].sum(axis=1) - t["failed"]) / t[statuses].sum(axis=1).where(lambda s: s > 0) * 100).round(1)
     t.index.name, t.columns.name = "category", None
     return Counted(t, pd.DataFrame(index=pd.Index([], name="cell")), render=lambda c: t, caption="data-quality checks by category and status")
 
@@ -189,7 +194,7 @@ def read_dqd_json(path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for c in RESULT_COLUMNS:
         if c not in df: df[c] = None
-    bad = sorted(set(df.status) - set(STATUSES))
+    bad = sorted(set(df.status) - set(STATUSES) - {SUPPRESSED_STATUS})
     if bad: raise InputError(f"DQD results file {path.name}: unknown status {bad[0]!r}")
     for c in _INT: df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     df = df[[*RESULT_COLUMNS, *[c for c in df.columns if c not in RESULT_COLUMNS]]]
@@ -230,12 +235,22 @@ def flagged_checks(results: pd.DataFrame, statuses=("failed", "passed with viola
                          "Status": r.status.to_numpy(), "Error": r.error.fillna("").to_numpy()}, index=idx)
     def render(c: pd.DataFrame) -> pd.DataFrame:
         out = info.copy()
+        out.loc[c["violating"].isna().to_numpy(), "Status"] = np.nan          # hidden with its count: the status would bound it
         out.insert(3, "Violating rows", c["violating"].to_numpy())
         out.insert(4, "Rows checked", c["checked"].to_numpy())
         out.insert(5, "% violating", (c["violating"] / c["checked"].where(c["checked"] > 0) * 100).round(2).to_numpy())
         return out
     zeros_ok = pd.DataFrame({"violating": True, "checked": False, "not_violating": True}, index=idx)
     relations = [([(i, "violating"), (i, "not_violating")], (i, "checked")) for i in idx]
+    # checks of one field share counts: its empty rows (isRequired, measureValueCompleteness) and the rows another check
+    # of it counts (those with a value) add up to the table's rows, so one gives the other away
+    rr = r.assign(cid=idx.to_numpy())
+    for (_, _), g in rr.groupby([rr.cdmTableName.fillna(""), rr.cdmFieldName.fillna("")]):
+        nulls = g[g.checkName.isin(["isRequired", "measureValueCompleteness"])]
+        for a in nulls.itertuples():
+            for b in g[~g.checkName.isin(["isRequired", "measureValueCompleteness"])].itertuples():
+                if counts.at[b.cid, "checked"] + counts.at[a.cid, "violating"] == counts.at[a.cid, "checked"]:
+                    relations.append(([(a.cid, "violating"), (b.cid, "checked")], (a.cid, "checked")))
     published = pd.DataFrame({"violating": True, "checked": True, "not_violating": False}, index=idx)
     return Counted(render(counts.astype(float)), counts, relations, published=published, render=render,
                    count_columns=("Violating rows", "Rows checked"), zeros_ok=zeros_ok, caption="data-quality checks that failed or passed with violations")

@@ -80,16 +80,18 @@ def composition(cdm, cohort=None, reference: pd.DataFrame | None = None) -> Coun
     from healthbench.stats import _wilson
     from healthbench.completeness import GROUPS, _order
     ref = reference_population() if reference is None else reference
-    g = _persons(cdm, cohort)
-    n = int(g.count().to_pyarrow().as_py())
+    people = _persons(cdm, cohort).select("person_id", *GROUPS).to_pandas()
+    n = len(people)
     if n == 0: raise InputError("nobody to describe: the CDM (or cohort) has no persons with an observation period")
-    rows, k, relations = [("All", "All")], [n], []
+    ids = people.person_id.to_numpy()
+    rows, k, relations, population = [("All", "All")], [n], [], {"All": ids}
     for v in GROUPS:
-        s = g.group_by(v).aggregate(persons=g.count()).to_pandas().set_index(v).persons
+        s = people[v].value_counts()
         levels = _order(v, s.index)
         rows += [(v, lv) for lv in levels]
         k += [int(s[lv]) for lv in levels]
         relations.append(([((v, lv), "persons") for lv in levels], (("All", "All"), "persons")))
+        population |= {f"{v}={lv}": ids[(people[v] == lv).to_numpy()] for lv in levels}     # for the release ledger's differencing check
     idx = pd.MultiIndex.from_tuples(rows, names=["variable", "level"])
     counts = pd.DataFrame({"persons": k}, index=idx)
     refp = {(r.variable, _reference_key(r.variable, r.level)): r.percent for r in ref.itertuples()}
@@ -108,7 +110,7 @@ def composition(cdm, cohort=None, reference: pd.DataFrame | None = None) -> Coun
                             "Reference %": rp, "Ratio to reference": np.round(among / rp, 2)}, index=idx)
         out.loc[("All", "All"), ["95% CI", "% of recorded"]] = ["", np.nan]
         return out
-    return Counted(render(counts.astype(float)), counts, relations, render=render, count_columns=("Persons",),
+    return Counted(render(counts.astype(float)), counts, relations, render=render, count_columns=("Persons",), population=population,
                    caption="composition by sex, age band, ethnicity and IMD quintile, against a reference population")
 
 
@@ -137,6 +139,8 @@ def records_by_year(cdm, cohort=None) -> Counted:
     j = j.filter((j.s <= j.y1) & (j.e >= j.y0))
     j = j.mutate(days=ibis.least(j.e, j.y1).delta(ibis.greatest(j.s, j.y0), unit="day") + 1)
     py = j.group_by("year").aggregate(persons=j.person_id.nunique(), person_days=j.days.sum()).to_pandas().set_index("year").sort_index()
+    who = j.select("year", "person_id").distinct().to_pandas()
+    population = {f"year={y}": g.person_id.to_numpy() for y, g in who.groupby("year")}        # for the ledger's differencing check
     recs = []
     for table, col in EVENT_DATES.items():
         if table not in cdm.tables or col not in cdm[table].columns: continue
@@ -149,14 +153,14 @@ def records_by_year(cdm, cohort=None) -> Counted:
     counts = pd.DataFrame({"persons": py.persons.astype(int).to_numpy(), "records": rec.reindex(idx).fillna(0).astype(int).to_numpy()}, index=idx)
     pyears = (py.person_days.to_numpy(dtype=float) / 365.25)
     def render(c: pd.DataFrame) -> pd.DataFrame:
+        # a year whose persons are hidden hides its records and rate too: a total over a few persons describes them
         hidden = c["persons"].isna().to_numpy()
-        out = pd.DataFrame({"Persons observed": c["persons"].to_numpy(), "Person-years": np.where(hidden, np.nan, np.round(pyears, 0)),
-                            "Records": c["records"].to_numpy()}, index=idx)
-        out["Records per person-year"] = (out["Records"] / out["Person-years"].where(out["Person-years"] > 0)).round(2)
-        return out
+        records = np.where(hidden, np.nan, c["records"].to_numpy(dtype=float))
+        return pd.DataFrame({"Persons observed": c["persons"].to_numpy(), "Person-years": np.where(hidden, np.nan, np.round(pyears, 0)),
+                             "Records": records, "Records per person-year": np.round(records / pyears, 2)}, index=idx)
     zeros_ok = pd.DataFrame({"persons": False, "records": True}, index=idx)
     return Counted(render(counts.astype(float)), counts, render=render, count_columns=("Persons observed", "Records"),
-                   zeros_ok=zeros_ok, caption="data density by calendar year")
+                   zeros_ok=zeros_ok, population=population, caption="data density by calendar year")
 
 def follow_up(cdm, cohort=None) -> Counted:
     """Years observed per person (median, IQR), person-years, and clinical records per person (median, IQR) for the CDM's

@@ -282,6 +282,8 @@ class Session:
         out = []
         for g, a in populations.items():
             for where, g2, b in earlier:
+                # a group of fewer than threshold people has its counts hidden anyway: nothing of it to subtract
+                if len(a) < self.rules.threshold or len(b) < self.rules.threshold: continue
                 only_a = len(a) - int(np.isin(a, b, assume_unique=True).sum())
                 only_b = len(b) - (len(a) - only_a)
                 # (nearly) the same people: subtracting the two describes the few in between
@@ -435,8 +437,11 @@ def figure(self: Session, name: str, fig, counts=None, *, draw: Callable | None 
         if marks > _mark_limit(fig.table.size) and not self.rules.allow_row_level:
             return self._record(name, kind, "fail", [f"the figure draws {marks} individual points from a table of {fig.table.size} values: one mark per person?"],
                                 "fail; row-level figure", comment=comment)
-        return self._record(name, kind, "pass", [], pub.summary, method=f"drawn from {pub.method}" if pub.method != "none" else "none",
-                            write=save(f2), suffix=".png", also=also(f2), comment=comment, suppressed=bool(pub.hidden.to_numpy().any()))
+        diff = self._differencing(name, fig.population or {})      # a figure of groups differing by a few people: as its table
+        return self._record(name, kind, "review" if diff else "pass", diff, f"review; {'; '.join(diff)}" if diff else pub.summary,
+                            method=f"drawn from {pub.method}" if pub.method != "none" else "none",
+                            write=save(f2), suffix=".png", also=also(f2), comment=comment, suppressed=bool(pub.hidden.to_numpy().any()),
+                            populations=fig.population or {})
     check = counts if isinstance(counts, TableCheck) else check_table(counts, rules=self.rules, name=name)
     marks = _marks(fig)
     if marks > _mark_limit(check.counts.size) and not self.rules.allow_row_level:

@@ -17,10 +17,11 @@ template's code and parameters, and a cohort's definition (it is in the card). E
 
 A test passes when the release is safe against its attack: no hidden count pinned to fewer than `THRESHOLD` possible
 values (pinned to exactly 1 to THRESHOLD - 1 is what a suppressed small count says by itself, and does not count).
-Five attacks succeed on the code as it is; their tests fail now and say what leaks (see each docstring):
+Five attacks succeeded on the first version of the card; each was fixed, and its test now checks that it fails (see
+each docstring for what leaked and how it was closed):
 
 - `test_differencing_whole_cdm_and_cohort`: a whole-CDM card and a cohort card of the same CDM, differenced, give the
-  whole card's hidden small counts exactly (quality tables carry no populations, so the ledger sees nothing);
+  whole card's hidden small counts exactly (fixed: the quality tables carry populations, so differencing is reviewed);
 - `test_dqd_shared_denominators_mimic`: two DQD checks of one field share a denominator; one hides 9 rows, the other
   gives them away (MIMIC-IV demo, default parameters);
 - `test_dqd_statuses_with_a_row_floor`: 'passed with violations' beside a row-count floor of 3 pins hidden counts to 1-3;
@@ -372,14 +373,15 @@ def test_dqd_statuses_and_shared_denominators(gibleed):
     found = _narrow(rec)
     # the closest: withinVisitDates on drug_exposure_start_date, 'passed with violations' at 5% of 217 rows: 1 to 10
     # (true: 8); a check at 5% of fewer than 200 rows would pin its hidden count to fewer than 10 values
-    assert rec[("field_withinvisitdates_drug_exposure_drug_exposure_start_date", "violating")] == (1, 10)
+    lo, hi = rec[("field_withinvisitdates_drug_exposure_drug_exposure_start_date", "violating")]
+    assert hi - lo + 1 >= 10, (lo, hi)          # its status is hidden with its count: no narrower than suppression itself
     assert not found, f"DQD statuses, thresholds and shared denominators pin hidden counts: {_show(found)}"
 
 
 def test_dqd_shared_denominators_mimic(mimic):
-    """FAILS NOW. MIMIC-IV demo, default parameters: measureValueCompleteness on drug_exposure.quantity hides its violating
+    """Found by this attack, then fixed (cross-check relations in `quality_results.flagged_checks`). MIMIC-IV demo, default parameters: measureValueCompleteness on drug_exposure.quantity hides its violating
     rows (9 rows without a quantity: [c] of 18,229), but plausibleValueLow on the same field shows the rows it checked,
-    those with a quantity (18,220): 18,229 - 18,220 = 9, read off dqd_all_checks.csv. The disclosure check relates the
+    those with a quantity (18,220): 18,229 - 18,220 = 9, read off dqd_checks.csv. The disclosure check relates the
     counts of one check only (violating + not violating = checked), not the checks that share a denominator."""
     rel = mimic / "release"
     rec, truth = dqd_checks(rel), _dqd_truth(mimic)
@@ -393,12 +395,12 @@ def test_dqd_shared_denominators_mimic(mimic):
 
 
 def test_dqd_statuses_with_a_row_floor(gibleed_floor):
-    """FAILS NOW. With a row-count floor of 3 rows (row_floor=3, shown in every threshold as 'at most 3 rows'), a check
+    """Found by this attack, then fixed (a status is hidden with its violating rows). With a row-count floor of 3 rows (row_floor=3, shown in every threshold as 'at most 3 rows'), a check
     'passed with violations' has 1 to 3 violating rows: the status gives away what the hidden count hides. On GiBleed six
     hidden counts of records are pinned to 1-3 (true: 1 each; e.g. plausibleAfterBirth on drug_era_start_date), and the
     race_source_value check's distinct values to 1-3 (true: 3)."""
     rel = gibleed_floor / "release"
-    assert "at most 3 rows" in read_table(rel / "dqd_all_checks.csv")["Threshold"].iloc[0]
+    assert "at most 3 rows" in read_table(rel / "dqd_checks.csv")["Threshold"].iloc[0]
     rec, truth = dqd_checks(rel), _dqd_truth(gibleed_floor)
     assert all(lo <= truth[k] <= hi for k, (lo, hi) in rec.items()), "the attack must be sound"
     found = {k: (*iv, truth[k]) for k, iv in _narrow(rec).items() if k[1] != "not_violating"}
@@ -406,16 +408,16 @@ def test_dqd_statuses_with_a_row_floor(gibleed_floor):
 
 
 def test_dqd_json_counts_went_through_disclosure_control(gibleed):
-    """Every count in the released DQD results file is one the disclosure check saw (released in dqd_all_checks).
+    """Every count in the released DQD results file is one the disclosure check saw (released in dqd_checks).
 
-    FAILS NOW: the template copies the counts of not-applicable checks into dqd_results_json unchecked (its comment says
+    Found by this attack, then fixed (not-applicable checks carry no counts in the release): the template copied the counts of not-applicable checks into dqd_results_json unchecked (its comment says
     "its counts are the released ones"), and 514 of them are zero counts of records: a concept absent from a table
     (plausibleGender, plausibleUnitConceptIds), rows of persons who died (plausibleBeforeDeath, plausibleDuringLife:
-    GiBleed has no deaths). uk_default's rules, in the bundle's config.json, say a zero is disclosive; dqd_all_checks
+    GiBleed has no deaths). uk_default's rules, in the bundle's config.json, say a zero is disclosive; dqd_checks
     would have hidden a zero 'Rows checked'."""
     rel = gibleed / "release"
     doc = json.loads((rel / "dqd_results_json.json").read_text())
-    checked = read_table(rel / "dqd_all_checks.csv")
+    checked = read_table(rel / "dqd_checks.csv")
     rules = json.loads((rel / "config.json").read_text())["rules"]
     assert rules["zeros_disclosive"] and rules["threshold"] == THRESHOLD
     unchecked = {}
@@ -427,7 +429,7 @@ def test_dqd_json_counts_went_through_disclosure_control(gibleed):
                 continue
             if r["checkId"] not in checked.index or count_interval(checked.at[r["checkId"], shown], sf3=False) != (r[col], r[col]):
                 unchecked[(r["checkId"], col)] = r[col]
-    # no violating row says nothing of anyone (dqd_all_checks shows those zeros too); no row checked is a zero count of records
+    # no violating row says nothing of anyone (dqd_checks shows those zeros too); no row checked is a zero count of records
     small = {k: v for k, v in unchecked.items() if v < THRESHOLD and (v > 0 or k[1] == "numDenominatorRows")}
     assert not small, (f"{len(small)} small counts (zeros disclosive) in dqd_results_json.json never went through "
                        f"disclosure control, e.g. {_show(small, 6)}")
@@ -469,7 +471,7 @@ def test_person_years_of_hidden_years(gibleed):
 
 
 def test_records_of_few_persons_mimic(mimic):
-    """FAILS NOW. Table S1 hides the persons observed in a year with fewer than 10 (MIMIC-IV demo: most years), but
+    """Found by this attack, then fixed (records and rate hidden with a year's persons). Table S1 hides the persons observed in a year with fewer than 10 (MIMIC-IV demo: most years), but
     shows that year's clinical records: a total over fewer than 10 persons (in 2118: 468 records, all one person's), the
     case the threshold rule for magnitude tables (contributors at least 10) and the N-K dominance rule exist for.
     (A blank 'Records per person-year' beside a hidden year also tells that its person-years round to 0, where [c]
@@ -539,6 +541,7 @@ def _truth_without_sbp_by_year(cdm: Path) -> dict:
 
 def differencing_years(whole: Path, cohort: Path) -> dict:
     "{year: (lo, hi)} persons observed in the year who are not in the cohort: the two records_by_year tables differenced."
+    if not (whole / "records_by_year.csv").is_file() or not (cohort / "records_by_year.csv").is_file(): return {}   # withheld: nothing to subtract
     a, b = read_table(whole / "records_by_year.csv"), read_table(cohort / "records_by_year.csv")
     out = {}
     for y in a.index.intersection(b.index):
@@ -556,6 +559,8 @@ def differencing(whole: Path, cohort: Path) -> dict:
     card = json.loads((cohort / "readiness_card_json.json").read_text())
     eligibility = next(i["value"] for i in card["items"] if i["item"].startswith("Eligibility"))
     assert eligibility["entry"]["domain"] == "measurement" and eligibility["concept_sets"][0]["include"] == [SBP]
+    if not all((r / f).is_file() for r, f in ((whole, "composition.csv"), (cohort, "composition.csv"), (whole, "completeness.csv"))):
+        return {}                                        # a table withheld (e.g. for review of differencing): nothing to subtract
     a, b = read_table(whole / "composition.csv", index_col=[0, 1]), read_table(cohort / "composition.csv", index_col=[0, 1])
     m = read_table(whole / "completeness.csv", index_col=[0, 1, 2])
     first = m.index.get_level_values(0)[0]
@@ -572,14 +577,19 @@ def differencing(whole: Path, cohort: Path) -> dict:
 
 
 def test_differencing_whole_cdm_and_cohort(whole, sbp, cdm):
-    """FAILS NOW. The whole CDM's completeness table hides, e.g., how many Mixed-ethnicity persons have no systolic blood
+    """The whole CDM's completeness table hides, e.g., how many Mixed-ethnicity persons have no systolic blood
     pressure (2 of 91); the card of the cohort 'persons with a systolic blood pressure' shows 89 Mixed persons, and
-    91 - 89 = 2. The quality tables carry no populations (Counted.population), so neither the session nor the project's
-    release ledger (one folder holds both runs) sees that the groups differ by fewer than 10 persons: both runs pass."""
+    91 - 89 = 2. Before the quality tables carried populations (Counted.population), neither the session nor the project's
+    release ledger (one folder holds both runs) saw that the groups differ by fewer than 10 persons; now the cohort run's
+    tables that would differ so go to review and are withheld from its bundle."""
     assert json.loads((whole / "manifest.json").read_text())["status"] == "succeeded"
     rec = differencing(whole / "release", sbp / "release")
     truth = _truth_without_sbp(cdm)
-    assert rec, "the whole CDM's completeness table should hide some counts of the first key measurement"
+    log = json.loads((sbp / "outputs" / "output_log.json").read_text())["results"].values()
+    held = {o["properties"]["name"] for o in log if o["type"] == "table" and o["status"] == "review"
+            and any("differencing" in r for r in o.get("reasons", []))}
+    # either the cohort's composition is withheld for review of differencing, or the attack below must fail on it
+    assert rec or "composition" in held, "the whole CDM's completeness table should hide some counts of the first key measurement"
     sound = {k: iv for k, iv in rec.items() if k in truth and iv[0] <= truth[k] <= iv[1]}
     assert sound == {k: iv for k, iv in rec.items() if k in truth}, "the differencing assumption failed: a recovered value misses the truth"
     ex = A.exposures(rec, truth, THRESHOLD)
