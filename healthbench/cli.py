@@ -344,13 +344,17 @@ def _terminated(signum, frame): raise Interrupted("terminated", signum=signum)
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `healthbench` command. Exit status 0 on success, 2 with one line `healthbench CMD: error: ...`
-    for anything the user can fix, 130/143 after Ctrl-C/SIGTERM, 3 with one line for an internal error."""
+    for anything the user can fix, 130/143 after Ctrl-C/SIGTERM, 141 when the reader of its output goes away, 3 with one line
+    for an internal error."""
     args = _parser().parse_args(argv)
     if "jsonschema" not in sys.modules:   # papermill's nbformat imports jsonschema, whose optional IRI format checker
         sys.modules.setdefault("rfc3987_syntax", None)   # builds 38 grammars at import (1.7 s); nbformat never uses it
     in_main = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _terminated) if in_main else None     # SIGTERM ends a command as Ctrl-C does
-    try: return args.func(args)
+    try:
+        rc = args.func(args)
+        sys.stdout.flush()              # a reader that went away shows here, not when Python exits
+        return rc
     except HealthbenchError as e:
         print(f"healthbench {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -359,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
         said = str(e) if getattr(e, "run_dir", None) is not None else f"interrupted by {signal.Signals(signum).name}"
         print(f"healthbench {args.command}: {said}", file=sys.stderr)
         return 128 + signum
+    except BrokenPipeError:             # the reader went away (`healthbench ... | head`): stop quietly, as a shell tool does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # no second error when Python flushes stdout at exit
+        return 128 + signal.SIGPIPE
     except Exception as e:
         print(f"healthbench {args.command}: internal error: {type(e).__name__}: {_one_line(e)} (please report)", file=sys.stderr)
         return 3
