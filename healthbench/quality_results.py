@@ -147,7 +147,8 @@ def write_dqd_json(results: pd.DataFrame, path, *, cdm=None, metadata: dict | No
             if v is not None: row[k] = v                  # as jsonlite writes a data frame: missing values left out
         rows.append(row)
     meta = {**_metadata(cdm), **(metadata or {})}
-    meta.setdefault("dqdVersion", f"healthbench {_version()}")
+    from healthbench import __version__
+    meta.setdefault("dqdVersion", f"healthbench {__version__}")
     seconds = (ended - started).total_seconds()
     doc = {"startTimestamp": [started.strftime("%Y-%m-%d %H:%M:%S")], "endTimestamp": [ended.strftime("%Y-%m-%d %H:%M:%S")],
            "executionTime": [f"{seconds:.0f} secs"], "CheckResults": rows, "Metadata": [meta],
@@ -157,9 +158,6 @@ def write_dqd_json(results: pd.DataFrame, path, *, cdm=None, metadata: dict | No
     tmp.replace(path)
     return path
 
-def _version() -> str:
-    from healthbench import __version__
-    return __version__
 
 def _unbox(v):
     return v[0] if isinstance(v, list) and len(v) == 1 and not isinstance(v[0], (dict, list)) else v

@@ -59,8 +59,8 @@ def reference_population(path=None) -> pd.DataFrame:
 
 
 # %% ../nbs/13c_readiness.ipynb #63a7888b
-_ONS = {"white": "White", "asian": "Asian or Asian British", "black": "Black, Black British, Caribbean or African",
-        "mixed": "Mixed or Multiple ethnic groups", "other": "Other ethnic group"}
+from . import vocabulary as V
+_ONS = {name.split()[0].rstrip(",").lower(): name for name in V.ETHNIC_GROUPS}    # 'white' -> 'White', 'black' -> 'Black, Black British, ...' 
 
 def _reference_key(variable: str, level) -> str:
     "The key a data level and a reference level share: IMD '1 (most deprived)' is '1'; ethnicity 'white' is the ONS group 'White'."
@@ -165,7 +165,7 @@ def records_by_year(cdm, cohort=None) -> Counted:
 def follow_up(cdm, cohort=None) -> Counted:
     """Years observed per person (median, IQR), person-years, and clinical records per person (median, IQR) for the CDM's
     persons (or `cohort`'s): statistics resting on the number of persons."""
-    persons = _persons(cdm, cohort).select("person_id")
+    persons = None if cohort is None else _persons(cdm, cohort).select("person_id")      # the whole CDM needs no filter
     op = _ids_filter(cdm.observation_period, persons)
     days = (op.observation_period_end_date.cast("date").delta(op.observation_period_start_date.cast("date"), unit="day") + 1)
     yrs = op.group_by(op.person_id.cast("int64").name("person_id")).aggregate(years=days.sum() / 365.25).to_pandas().set_index("person_id").years
